@@ -1,0 +1,35 @@
+"""Batch types: what datamodules yield and objectives consume.
+
+A datamodule declares `batch_type`, an objective declares the `batch_type` it consumes; the module
+checks that they agree before the model loads. Lightning moves these dataclasses to the device
+field by field (tensors move, ints stay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SFTBatch:
+    """Token sequences with a loss mask, for SFT and continued pretraining.
+
+    Shapes: all tensors are [B, T]. `labels` holds the target token id where the loss applies and
+    -100 elsewhere (prompt tokens, padding); the objective shifts it by one. Packed batches carry
+    `position_ids` that restart at 0 for each example and `attention_mask=None`, which makes
+    transformers build a block-diagonal causal mask so packed examples do not see each other.
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    num_tokens: int = 0
+    """Non-padding tokens in the batch (counted on the host at collate time: no device sync)."""
+    num_loss_tokens: int = 0
+    """Tokens that carry a loss (labels != -100, before the shift)."""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])

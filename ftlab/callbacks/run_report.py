@@ -1,0 +1,149 @@
+"""RunReport: measures a run and writes its summary, final weights and DONE marker.
+
+Throughput counts non-padding tokens (counted at collate time on the host, so measuring costs no
+device sync) and is logged as `perf/tokens_per_sec` every `log_every_n_steps`. Peak memory is the
+CUDA allocator's peak on a GPU, and the process's peak resident set size on CPU (which includes
+the Python runtime and libraries: compare CPU numbers only with each other).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ftlab import runfolder
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("ftlab", "torch", "lightning", "transformers", "peft", "datasets"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach().float().cpu())
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return rss_kb / 1024, "cpu_peak_rss"
+
+
+class RunReport(pl.Callback):
+    """Counts tokens and time, logs throughput, and writes summary.json, weights and DONE at fit end."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.curve: list[tuple[int, float]] = []
+        self._window_tokens = 0
+        self._window_start = 0.0
+        self._fit_start = 0.0
+        self._train_time = 0.0
+        self._paused_at = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "curve": self.curve, "train_time": self._train_time}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokens = state["tokens"]
+        self.curve = [tuple(x) for x in state["curve"]]
+        self._train_time = state["train_time"]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._window_start = time.perf_counter()
+        self._window_tokens = 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        n = int(getattr(batch, "num_tokens", 0))
+        self.tokens += n
+        self._window_tokens += n
+        if (trainer.global_step % max(1, trainer.log_every_n_steps)) != 0:
+            return
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        self._train_time += elapsed
+        if elapsed > 0:
+            pl_module.log("perf/tokens_per_sec", self._window_tokens / elapsed, on_step=True, on_epoch=False)
+        loss = _scalar(trainer.callback_metrics.get("train/loss"))
+        if loss is not None:
+            self.curve.append((trainer.global_step, loss))
+        self._window_start, self._window_tokens = now, 0
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._paused_at = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._window_start += time.perf_counter() - self._paused_at  # validation is not training time
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_time += time.perf_counter() - self._window_start
+        self._window_start = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        root = Path(trainer.default_root_dir)
+        summary = self.summary(trainer, pl_module)
+        if trainer.is_global_zero:
+            runfolder.save_weights(root / runfolder.WEIGHTS, pl_module.trainable_state_dict())
+            runfolder.write_json(root / runfolder.SUMMARY, summary)
+            runfolder.write_text(root / runfolder.DONE, "")
+        trainer.strategy.barrier("ftlab-run-report")
+
+    def summary(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Any]:
+        params = list(pl_module.model.parameters())
+        trainable = sum(p.numel() for p in pl_module.method.trainable_parameters(pl_module.model).values())
+        metrics = {
+            k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None
+        }
+        memory, memory_kind = peak_memory_mb(pl_module.device)
+        datamodule = trainer.datamodule
+        return {
+            "method": pl_module.method.name,
+            "objective": pl_module.objective.name,
+            "backbone": pl_module.backbone.describe(),
+            "trainable_params": trainable,
+            "total_params": sum(p.numel() for p in params),
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "tokens_seen": self.tokens * trainer.world_size,
+            "tokens_per_sec": self.tokens * trainer.world_size / self._train_time
+            if self._train_time
+            else None,
+            "peak_memory_mb": memory,
+            "peak_memory_kind": memory_kind,
+            "wall_seconds": time.perf_counter() - self._fit_start,
+            "train_loss": self.curve[-1][1] if self.curve else metrics.get("train/loss"),
+            "train_loss_first": self.curve[0][1] if self.curve else None,
+            "loss_curve": self.curve,
+            "val_loss": metrics.get("val/loss"),
+            "val_ppl": metrics.get("val/ppl"),
+            "metrics": metrics,
+            "data": dict(getattr(datamodule, "stats", {}) or {}),
+            "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
+            "device": str(pl_module.device),
+            "versions": _versions(),
+        }

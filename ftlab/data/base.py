@@ -1,0 +1,180 @@
+"""The datamodule base: files in, tokenized examples out, batches of one declared kind.
+
+Subclasses turn rows into examples (`build`) and examples into a batch (`collate`); this class
+reads the files, splits off validation, applies a row budget, and reports what was dropped or cut.
+The tokenizer is the run's own (the module's, so data and model never disagree) unless one is named.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from ftlab.data.files import load_rows
+from ftlab.errors import FTLabError
+
+log = logging.getLogger("ftlab")
+
+
+def _as_list(spec: str | list[str] | None) -> list[str]:
+    if spec is None:
+        return []
+    return [spec] if isinstance(spec, str) else list(spec)
+
+
+class FineTuneDataModule(pl.LightningDataModule):
+    """Base class of ftlab datamodules.
+
+    Args:
+        train: Training data: a local file (json, jsonl, csv, tsv, parquet, optionally .gz), a hub
+            dataset `name[:split]`, or a list of them.
+        val: Validation data, in the same forms; optional.
+        val_fraction: Share of the training rows held out for validation when `val` is not given.
+        batch_size: Examples per training batch (per device).
+        eval_batch_size: Examples per validation batch; defaults to batch_size.
+        max_length: Longest sequence in tokens; longer rows are truncated and counted.
+        limit: Use only the first `limit` training rows (a data budget).
+        seed: Seed of the validation split.
+        num_workers: DataLoader worker processes.
+        tokenizer: A tokenizer name or folder; defaults to the run's backbone tokenizer.
+    """
+
+    batch_type: ClassVar[type]
+
+    def __init__(
+        self,
+        train: str | list[str],
+        val: str | list[str] | None = None,
+        val_fraction: float = 0.0,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        max_length: int = 512,
+        limit: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise FTLabError(f"data val_fraction must be in [0, 1), got {val_fraction}")
+        if max_length < 2:
+            raise FTLabError(f"data max_length must be at least 2 tokens, got {max_length}")
+        self.train_specs = _as_list(train)
+        if not self.train_specs:
+            raise FTLabError("data train names no file or dataset")
+        self.val_specs = _as_list(val)
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_length = max_length
+        self.limit = limit
+        self.seed = seed
+        self.num_workers = num_workers
+        self.tokenizer_name = tokenizer
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_set: list[Any] | None = None
+        self.val_set: list[Any] = []
+        self.stats: dict[str, int] = {}
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            if self.tokenizer_name:
+                from ftlab.models.tokenizers import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.tokenizer_name)
+            elif (
+                self.trainer is not None
+                and getattr(self.trainer.lightning_module, "tokenizer", None) is not None
+            ):
+                self._tokenizer = self.trainer.lightning_module.tokenizer
+            else:
+                raise FTLabError("the datamodule has no tokenizer: name one, or attach it to a run's module")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tok: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tok
+
+    # --- what subclasses provide
+    def build(self, rows: Dataset, source: str) -> list[Any]:
+        """Turn rows into examples, counting into `self.stats`; errors name `source` and the row."""
+        raise NotImplementedError
+
+    def finalize(self, examples: list[Any], train: bool) -> list[Any]:
+        """A last pass over the examples of a split (e.g. packing)."""
+        return examples
+
+    def collate(self, examples: list[Any]) -> Any:
+        raise NotImplementedError
+
+    # --- Lightning hooks
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def _read(self, specs: list[str], limit: int | None) -> list[Any]:
+        examples: list[Any] = []
+        for spec in specs:
+            rows = load_rows(spec)
+            if limit is not None:
+                rows = rows.select(range(min(limit - len(examples), len(rows))))
+            built = self.build(rows, spec)
+            if not built:
+                raise FTLabError(
+                    f"data file {spec} has no usable row left after filtering ({self.describe_stats()})"
+                )
+            examples += built
+            if limit is not None and len(examples) >= limit:
+                break
+        return examples
+
+    def describe_stats(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.stats.items())
+
+    def setup(self, stage: str) -> None:
+        if self.train_set is not None:
+            return
+        train = self._read(self.train_specs, self.limit)
+        val = self._read(self.val_specs, None) if self.val_specs else []
+        if not val and self.val_fraction > 0:
+            order = list(range(len(train)))
+            random.Random(self.seed).shuffle(order)
+            n_val = max(1, round(len(train) * self.val_fraction))
+            if n_val >= len(train):
+                raise FTLabError(
+                    f"data val_fraction={self.val_fraction} leaves no training row of {len(train)}"
+                )
+            held = set(order[:n_val])
+            val = [ex for i, ex in enumerate(train) if i in held]
+            train = [ex for i, ex in enumerate(train) if i not in held]
+        self.train_set = self.finalize(train, train=True)
+        self.val_set = self.finalize(val, train=False)
+        self.stats["train_examples"] = len(self.train_set)
+        self.stats["val_examples"] = len(self.val_set)
+        log.info("data: %s", self.describe_stats())
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=False,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_set:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.eval_batch_size,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,45 @@
+"""Reading rows from local files (JSON, JSON lines, CSV, TSV, Parquet; optionally gzipped) or the hub,
+through `datasets`, with one-sentence errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+from ftlab.errors import FTLabError
+
+_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+
+
+def _builder(path: Path) -> tuple[str, dict[str, str]]:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    if kind not in _BUILDERS:
+        raise FTLabError(f"data file {path} has an unknown type; use .json, .jsonl, .csv, .tsv or .parquet")
+    return _BUILDERS[kind], ({"delimiter": "\t", "quoting": 3} if kind == ".tsv" else {})
+
+
+def load_rows(spec: str) -> Dataset:
+    """Rows from a local file, or from a hub dataset written `name` or `name:split` (default split train)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        builder, options = _builder(path)
+        try:
+            rows = load_dataset(builder, data_files=str(path), split="train", **options)
+        except Exception as err:  # datasets raises many types for unreadable files
+            cause = err.__cause__ or err
+            raise FTLabError(f"could not read data file {path}: {str(cause).splitlines()[0]}") from err
+    elif any(s in _BUILDERS or s == ".gz" for s in path.suffixes) or spec.startswith(("/", ".", "~")):
+        raise FTLabError(f"data file {spec} not found")
+    else:
+        name, _, split = spec.partition(":")
+        try:
+            rows = load_dataset(name, split=split or "train")
+        except Exception as err:
+            raise FTLabError(
+                f"could not load dataset {spec} from the hub: {str(err).splitlines()[0]}"
+            ) from err
+    if len(rows) == 0:
+        raise FTLabError(f"data file {spec} has no rows")
+    return rows

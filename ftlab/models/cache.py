@@ -1,0 +1,46 @@
+"""Where ftlab keeps what it builds once and reuses (tiny tokenizers and backbones).
+
+`FTLAB_CACHE` sets the folder (default `~/.cache/ftlab`). Entries are keyed by a hash of what
+made them and written to a temporary folder that is renamed into place, so concurrent processes
+(DDP ranks, sweep cells) never read a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FTLAB_CACHE", Path.home() / ".cache" / "ftlab"))
+
+
+def stable_hash(obj: Any) -> str:
+    """A short hash of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cached_dir(kind: str, key: Any, build: Callable[[Path], None]) -> Path:
+    """Return `<cache>/<kind>/<hash(key)>`, calling `build(tmp_dir)` once to fill it."""
+    final = cache_root() / kind / stable_hash(key)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # a real failure, not a lost race with another process
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

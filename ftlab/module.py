@@ -1,0 +1,203 @@
+"""FineTuneModule: the one LightningModule. It composes a backbone, a method and an objective.
+
+The module is the only place that wires parts together: it loads the backbone (in
+`configure_model`, so strategies can shard it), lets the method change it, hands the objective a
+`StepContext` (policy and reference), logs `train/<name>` and `val/<name>`, builds the optimizer
+from the method's parameter groups, and saves trainable weights only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ftlab.errors import FTLabError
+from ftlab.methods.base import Method
+from ftlab.models.backbone import Backbone
+from ftlab.objectives.base import Objective, StepContext
+from ftlab.runfolder import load_weights
+
+PREFIX = "model."
+
+
+def check_composition(method: Method, objective: Objective, datamodule: Any, strategy: Any) -> None:
+    """Refuse, in one sentence, a run whose parts cannot work together (before the model loads)."""
+    produced = getattr(datamodule, "batch_type", None)
+    if datamodule is not None and produced is not objective.batch_type:
+        raise FTLabError(
+            f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
+            f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
+        )
+    sharded = type(strategy).__name__ in {"FSDPStrategy", "ModelParallelStrategy"}
+    if sharded and not method.supports_fsdp:
+        raise FTLabError(
+            f"method {method.name} does not support sharded training ({type(strategy).__name__})"
+        )
+
+
+class FineTuneModule(pl.LightningModule):
+    """A fine-tuning run: backbone + method + objective, optimised by Lightning.
+
+    Args:
+        backbone: Where the pretrained model and tokenizer come from.
+        method: Which parameters train and how the backbone is changed (Full, Freeze, LoRA, ...).
+        objective: The loss (SFT, ...).
+        optimizer: Optimizer class and arguments; the parameters come from the method.
+        scheduler: Learning-rate schedule, stepped every optimizer step.
+        decay_1d: Apply weight decay to 1-D parameters (biases, norms) too; off by default.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        method: Method,
+        objective: Objective,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        decay_1d: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.decay_1d = decay_1d
+        self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
+        self.model: nn.Module | None = None
+        self.strict_loading = False  # checkpoints hold trainable weights only; keys are checked below
+
+    # --- building
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model = self.backbone.load_model(self.objective.model_class, **self.method.load_kwargs())
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+        self.model = self.method.apply(model)
+        self.model.train(self.training)  # from_pretrained returns eval mode; Lightning switches modes itself
+
+    def setup(self, stage: str) -> None:
+        check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from ftlab.callbacks.run_report import RunReport
+
+        return [RunReport(), *self.method.callbacks()]
+
+    @contextmanager
+    def reference(self) -> Iterator[nn.Module]:
+        """The reference policy: the model with the method switched off."""
+        with torch.no_grad(), self.method.disabled(self.model) as ref:
+            yield ref
+
+    def context(self) -> StepContext:
+        return StepContext(model=self.model, reference=self.reference)
+
+    # --- steps
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, metrics = self.objective.training_step(self.context(), batch)
+        if not torch.isfinite(loss):
+            raise FTLabError(
+                f"the training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
+                "lower the learning rate or check the data"
+            )
+        for name, value in metrics.items():
+            self.log(
+                f"train/{name}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=name == "loss",
+                batch_size=len(batch),
+            )
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        metrics = self.objective.validation_step(self.context(), batch)
+        for name, value in metrics.items():
+            self.log(
+                f"val/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=len(batch),
+                sync_dist=isinstance(value, torch.Tensor),
+            )
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    # --- optimisation
+    def configure_optimizers(self) -> Any:
+        groups: list[dict[str, Any]] = []
+        for group in self.method.param_groups(self.model):
+            params = [p for p in group["params"] if p.requires_grad or group.get("lr_scale", 1.0) == 0.0]
+            extra = {k: v for k, v in group.items() if k != "params"}
+            matrices = [p for p in params if p.ndim >= 2 or self.decay_1d]
+            vectors = [p for p in params if p.ndim < 2 and not self.decay_1d]
+            if matrices:
+                groups.append({"params": matrices, **extra})
+            if vectors:
+                name = {"name": f"{extra['name']}-no_decay"} if "name" in extra else {}
+                groups.append({"params": vectors, **extra, **name, "weight_decay": 0.0})
+        if not groups:
+            raise FTLabError(f"method {self.method.name} leaves no parameter to train")
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None:
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- weights
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable weights only, keyed as in this module's `state_dict`."""
+        state = {PREFIX + k: v for k, v in self.method.trainable_state_dict(self.model).items()}
+        state.update(
+            {f"objective.{k}": p.detach() for k, p in self.objective.named_parameters() if p.requires_grad}
+        )
+        return state
+
+    def load_trainable(self, source: str | Path | dict[str, torch.Tensor]) -> None:
+        """Load trainable weights from a dict, a `.safetensors` file or a Lightning `.ckpt`."""
+        if isinstance(source, dict):
+            state = source
+        elif str(source).endswith(".safetensors"):
+            state = load_weights(Path(source))
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
+        self._check_keys(state, str(source) if not isinstance(source, dict) else "the given weights")
+        model_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+        self.method.load_trainable_state_dict(self.model, model_state)
+        own = {k[len("objective.") :]: v for k, v in state.items() if k.startswith("objective.")}
+        if own:
+            self.objective.load_state_dict(own, strict=False)
+
+    def _check_keys(self, state: dict[str, Any], source: str) -> None:
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+            raise FTLabError(
+                f"{source} does not hold this run's trainable weights: "
+                f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(missing)} missing (e.g. {missing[:2]})"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["ftlab"] = {"method": self.method.name, "objective": self.objective.name}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_keys(checkpoint["state_dict"], "the checkpoint")

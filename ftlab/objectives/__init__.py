@@ -1,0 +1,6 @@
+"""Objectives: one class per file; the loss math as pure functions beside it."""
+
+from ftlab.objectives.base import Objective, StepContext
+from ftlab.objectives.sft import SFT
+
+__all__ = ["SFT", "Objective", "StepContext"]

@@ -1,0 +1,50 @@
+"""The Objective contract: what loss a run optimises, and on which batches.
+
+An objective declares the batch kind it consumes (`batch_type`), the model class it needs
+(`model_class`, an Auto class) and whether it needs a reference policy. `training_step` returns
+the loss and detached metrics: no backward, no optimizer, no logging inside; the module logs them
+as `train/<name>`. `validation_step` returns tensors or torchmetrics metrics, logged as
+`val/<name>` and aggregated over the epoch (and across ranks) by Lightning. The math lives in
+pure functions beside each objective, tested on hand-computed numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+from transformers import AutoModelForCausalLM
+
+Metrics = dict[str, torch.Tensor | Metric]
+
+
+@dataclass
+class StepContext:
+    """What an objective may use in a step: the policy, and the reference policy on demand."""
+
+    model: nn.Module
+    reference: Callable[[], AbstractContextManager[nn.Module]]
+    """`with ctx.reference() as ref:` gives a model that computes the reference policy."""
+
+
+class Objective(nn.Module):
+    """Base class of objectives (an `nn.Module` so heads and metric states move with the model)."""
+
+    batch_type: ClassVar[type]
+    model_class: ClassVar[Any] = AutoModelForCausalLM
+    needs_reference: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def training_step(self, ctx: StepContext, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def validation_step(self, ctx: StepContext, batch: Any) -> Metrics:
+        raise NotImplementedError

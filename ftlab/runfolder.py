@@ -1,0 +1,62 @@
+"""The run folder (`trainer.default_root_dir`): names of what a run writes, written atomically.
+
+    config.yaml            the resolved config; `python -m ftlab fit --config config.yaml` replays it
+    checkpoints/*.ckpt     Lightning checkpoints holding trainable weights only (plus optimizer state)
+    trainable.safetensors  the final trainable weights
+    summary.json           what the run was and what it measured (see RunReport)
+    logs/                  logger output (metrics.csv; W&B offline files)
+    DONE                   written last, only when fit ended normally
+
+Everything is written to a temporary name in the same folder and renamed into place, so a killed
+run never leaves a half-written file that a later reader would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG = "config.yaml"
+SUMMARY = "summary.json"
+WEIGHTS = "trainable.safetensors"
+DONE = "DONE"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
