@@ -38,9 +38,7 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
         )
     sharded = type(strategy).__name__ in {"FSDPStrategy", "ModelParallelStrategy"}
     if sharded and not method.supports_fsdp:
-        raise FTLabError(
-            f"method {method.name} does not support sharded training ({type(strategy).__name__})"
-        )
+        raise FTLabError(f"method {method.name} does not support sharded training ({type(strategy).__name__})")
 
 
 class FineTuneModule(pl.LightningModule):
@@ -166,9 +164,7 @@ class FineTuneModule(pl.LightningModule):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Trainable weights only, keyed as in this module's `state_dict`."""
         state = {PREFIX + k: v for k, v in self.method.trainable_state_dict(self.model).items()}
-        state.update(
-            {f"objective.{k}": p.detach() for k, p in self.objective.named_parameters() if p.requires_grad}
-        )
+        state.update({f"objective.{k}": p.detach() for k, p in self.objective.named_parameters() if p.requires_grad})
         return state
 
     def load_trainable(self, source: str | Path | dict[str, torch.Tensor]) -> None:

@@ -114,9 +114,7 @@ class RunReport(pl.Callback):
     def summary(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Any]:
         params = list(pl_module.model.parameters())
         trainable = sum(p.numel() for p in pl_module.method.trainable_parameters(pl_module.model).values())
-        metrics = {
-            k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None
-        }
+        metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
         memory, memory_kind = peak_memory_mb(pl_module.device)
         datamodule = trainer.datamodule
         return {
@@ -128,9 +126,7 @@ class RunReport(pl.Callback):
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
             "tokens_seen": self.tokens * trainer.world_size,
-            "tokens_per_sec": self.tokens * trainer.world_size / self._train_time
-            if self._train_time
-            else None,
+            "tokens_per_sec": self.tokens * trainer.world_size / self._train_time if self._train_time else None,
             "peak_memory_mb": memory,
             "peak_memory_kind": memory_kind,
             "wall_seconds": time.perf_counter() - self._fit_start,

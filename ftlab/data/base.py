@@ -89,10 +89,7 @@ class FineTuneDataModule(pl.LightningDataModule):
                 from ftlab.models.tokenizers import load_tokenizer
 
                 self._tokenizer = load_tokenizer(self.tokenizer_name)
-            elif (
-                self.trainer is not None
-                and getattr(self.trainer.lightning_module, "tokenizer", None) is not None
-            ):
+            elif self.trainer is not None and getattr(self.trainer.lightning_module, "tokenizer", None) is not None:
                 self._tokenizer = self.trainer.lightning_module.tokenizer
             else:
                 raise FTLabError("the datamodule has no tokenizer: name one, or attach it to a run's module")
@@ -126,9 +123,7 @@ class FineTuneDataModule(pl.LightningDataModule):
                 rows = rows.select(range(min(limit - len(examples), len(rows))))
             built = self.build(rows, spec)
             if not built:
-                raise FTLabError(
-                    f"data file {spec} has no usable row left after filtering ({self.describe_stats()})"
-                )
+                raise FTLabError(f"data file {spec} has no usable row left after filtering ({self.describe_stats()})")
             examples += built
             if limit is not None and len(examples) >= limit:
                 break
@@ -147,9 +142,7 @@ class FineTuneDataModule(pl.LightningDataModule):
             random.Random(self.seed).shuffle(order)
             n_val = max(1, round(len(train) * self.val_fraction))
             if n_val >= len(train):
-                raise FTLabError(
-                    f"data val_fraction={self.val_fraction} leaves no training row of {len(train)}"
-                )
+                raise FTLabError(f"data val_fraction={self.val_fraction} leaves no training row of {len(train)}")
             held = set(order[:n_val])
             val = [ex for i, ex in enumerate(train) if i in held]
             train = [ex for i, ex in enumerate(train) if i not in held]

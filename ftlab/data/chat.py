@@ -46,11 +46,7 @@ def chat_messages(row: dict[str, Any], where: str, field: str) -> Messages:
     if not isinstance(messages, list) or not messages:
         raise FTLabError(f"{where} has no list of messages in '{field}'")
     for i, m in enumerate(messages):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise FTLabError(f"{where} message {i} needs string 'role' and 'content' keys")
     if not any(m["role"] == "assistant" for m in messages):
         raise FTLabError(f"{where} has no assistant message to learn from")

@@ -37,9 +37,7 @@ def load_rows(spec: str) -> Dataset:
         try:
             rows = load_dataset(name, split=split or "train")
         except Exception as err:
-            raise FTLabError(
-                f"could not load dataset {spec} from the hub: {str(err).splitlines()[0]}"
-            ) from err
+            raise FTLabError(f"could not load dataset {spec} from the hub: {str(err).splitlines()[0]}") from err
     if len(rows) == 0:
         raise FTLabError(f"data file {spec} has no rows")
     return rows

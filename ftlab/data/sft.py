@@ -118,9 +118,7 @@ class SFTDataModule(FineTuneDataModule):
                 first_dropped,
             )
         if self.stats.get("truncated"):
-            log.warning(
-                "%s: truncated %d rows to max_length=%d", source, self.stats["truncated"], self.max_length
-            )
+            log.warning("%s: truncated %d rows to max_length=%d", source, self.stats["truncated"], self.max_length)
         return examples
 
     def finalize(self, examples: list[Example], train: bool) -> list[Example]:

@@ -70,9 +70,7 @@ class Method:
     @contextmanager
     def disabled(self, model: nn.Module) -> Iterator[nn.Module]:
         """Within the context, `model` behaves as the base model (only where `supports_disable`)."""
-        raise FTLabError(
-            f"{self.name} cannot switch itself off; the reference needs a frozen copy of the model"
-        )
+        raise FTLabError(f"{self.name} cannot switch itself off; the reference needs a frozen copy of the model")
         yield model  # pragma: no cover
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -35,18 +35,14 @@ class Freeze(Method):
         try:
             self._regexes = [re.compile(p) for p in self.patterns]
         except re.error as err:
-            raise FTLabError(
-                f"Freeze pattern {err.pattern!r} is not a valid regular expression: {err}"
-            ) from err
+            raise FTLabError(f"Freeze pattern {err.pattern!r} is not a valid regular expression: {err}") from err
         self.embeddings = embeddings
         self.top = top
 
     def chosen(self, model: nn.Module) -> set[str]:
         parts = anatomy(model)
         if self.last_blocks > len(parts.blocks):
-            raise FTLabError(
-                f"Freeze last_blocks={self.last_blocks} but the model has {len(parts.blocks)} blocks"
-            )
+            raise FTLabError(f"Freeze last_blocks={self.last_blocks} but the model has {len(parts.blocks)} blocks")
         names: set[str] = set()
         for block in parts.blocks[len(parts.blocks) - self.last_blocks :]:
             names.update(block)
@@ -58,9 +54,7 @@ class Freeze(Method):
         for regex in self._regexes:
             hits = [n for n in all_names if regex.search(n)]
             if not hits:
-                raise FTLabError(
-                    f"Freeze pattern {regex.pattern!r} matches no parameter (e.g. {all_names[:4]})"
-                )
+                raise FTLabError(f"Freeze pattern {regex.pattern!r} matches no parameter (e.g. {all_names[:4]})")
             names.update(hits)
         if not names:
             raise FTLabError("Freeze leaves no parameter trainable: raise last_blocks or add patterns")

@@ -24,9 +24,7 @@ def linear_leaf_names(model: nn.Module) -> list[str]:
     """Names (last component) of the linear layers LoRA could target."""
     from transformers.pytorch_utils import Conv1D
 
-    return sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
-    )
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
 
 
 def task_type(model: nn.Module) -> TaskType | None:

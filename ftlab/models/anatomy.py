@@ -35,9 +35,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if best is None or size > best[0]:
             best = (size, name, module)
     if best is None:
-        raise FTLabError(
-            f"{type(model).__name__} has no stack of identical blocks (nn.ModuleList) to count layers in"
-        )
+        raise FTLabError(f"{type(model).__name__} has no stack of identical blocks (nn.ModuleList) to count layers in")
     return best[1], best[2]
 
 

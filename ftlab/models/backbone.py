@@ -28,9 +28,7 @@ def _dtype(name: str) -> torch.dtype | str:
         return "auto"
     value = getattr(torch, name, None)
     if not isinstance(value, torch.dtype):
-        raise FTLabError(
-            f"backbone dtype {name!r} is not a torch dtype (try float32, bfloat16, float16 or auto)"
-        )
+        raise FTLabError(f"backbone dtype {name!r} is not a torch dtype (try float32, bfloat16, float16 or auto)")
     return value
 
 
@@ -75,9 +73,7 @@ class Pretrained(Backbone):
         revision: str | None = None,
         attn_implementation: str | None = "sdpa",
     ) -> None:
-        self.name_or_path = (
-            str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
-        )
+        self.name_or_path = str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
         self.tokenizer = tokenizer or self.name_or_path
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
@@ -92,9 +88,7 @@ class Pretrained(Backbone):
         try:
             return load_tokenizer(self.tokenizer, trust_remote_code=self.trust_remote_code)
         except OSError as err:
-            raise FTLabError(
-                f"could not load tokenizer {self.tokenizer}: {str(err).splitlines()[0]}"
-            ) from err
+            raise FTLabError(f"could not load tokenizer {self.tokenizer}: {str(err).splitlines()[0]}") from err
 
     def load_model(self, model_class: Any, **kwargs: Any) -> PreTrainedModel:
         kwargs.setdefault("dtype", _dtype(self.dtype))

@@ -30,14 +30,10 @@ def prepare_tokenizer(tok: PreTrainedTokenizerBase, source: str) -> PreTrainedTo
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise FTLabError(f"tokenizer {source} has neither a pad token nor an eos token to pad with")
-        warnings.warn(
-            f"tokenizer {source} has no pad token; padding with eos ({tok.eos_token!r})", stacklevel=2
-        )
+        warnings.warn(f"tokenizer {source} has no pad token; padding with eos ({tok.eos_token!r})", stacklevel=2)
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        warnings.warn(
-            f"tokenizer {source} has no chat template; using ftlab's default template", stacklevel=2
-        )
+        warnings.warn(f"tokenizer {source} has no chat template; using ftlab's default template", stacklevel=2)
         tok.chat_template = DEFAULT_CHAT_TEMPLATE
     return tok
 
@@ -75,9 +71,7 @@ def build_bpe_tokenizer(corpus: list[Path], vocab_size: int) -> Path:
             show_progress=False,
         )
         bpe.train_from_iterator(_texts(corpus), trainer)
-        tok = PreTrainedTokenizerFast(
-            tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-        )
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
         tok.chat_template = DEFAULT_CHAT_TEMPLATE
         tok.save_pretrained(str(out))
 

@@ -63,9 +63,7 @@ class SFT(Objective):
         total, count = masked_nll(forward_logits(ctx.model, batch), batch.labels)
         return total / count.clamp(min=1), count
 
-    def training_step(
-        self, ctx: StepContext, batch: SFTBatch
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(self, ctx: StepContext, batch: SFTBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, _ = self.loss(ctx, batch)
         return loss, {"loss": loss.detach()}
 
