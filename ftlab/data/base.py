@@ -123,7 +123,10 @@ class FineTuneDataModule(pl.LightningDataModule):
                 rows = rows.select(range(min(limit - len(examples), len(rows))))
             built = self.build(rows, spec)
             if not built:
-                raise FTLabError(f"data file {spec} has no usable row left after filtering ({self.describe_stats()})")
+                raise FTLabError(
+                    f"data file {spec} has no usable row left after filtering "
+                    f"({self.describe_stats()}; max_length={self.max_length})"
+                )
             examples += built
             if limit is not None and len(examples) >= limit:
                 break

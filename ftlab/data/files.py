@@ -25,11 +25,14 @@ def load_rows(spec: str) -> Dataset:
     path = Path(spec).expanduser()
     if path.is_file():
         builder, options = _builder(path)
+        if path.stat().st_size == 0:
+            raise FTLabError(f"data file {spec} has no rows")
         try:
             rows = load_dataset(builder, data_files=str(path), split="train", **options)
         except Exception as err:  # datasets raises many types for unreadable files
             cause = err.__cause__ or err
-            raise FTLabError(f"could not read data file {path}: {str(cause).splitlines()[0]}") from err
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise FTLabError(f"could not read data file {path}: {reason}") from err
     elif any(s in _BUILDERS or s == ".gz" for s in path.suffixes) or spec.startswith(("/", ".", "~")):
         raise FTLabError(f"data file {spec} not found")
     else:
