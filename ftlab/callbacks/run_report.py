@@ -46,7 +46,10 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 class RunReport(pl.Callback):
-    """Counts tokens and time, logs throughput, and writes summary.json, weights and DONE at fit end."""
+    """Counts tokens and time, logs throughput, and writes summary.json, weights and DONE at fit end.
+
+    It also makes a run that stops at `max_steps` in the middle of an epoch validate its final weights.
+    """
 
     def __init__(self) -> None:
         self.tokens = 0
@@ -77,6 +80,10 @@ class RunReport(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # Stopping through should_stop makes Lightning validate once more, so a run that ends
+            # mid-epoch at max_steps still reports validation metrics for its final weights.
+            trainer.should_stop = True
         n = int(getattr(batch, "num_tokens", 0))
         self.tokens += n
         self._window_tokens += n
