@@ -70,6 +70,7 @@ class FTLabCLI(LightningCLI):
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"save_to_log_dir": False, "overwrite": True},
             auto_configure_optimizers=False,
+            parser_kwargs={"allow_abbrev": False},  # a mistyped key is an error, not a prefix match
             args=args,
             run=run,
         )

@@ -92,8 +92,14 @@ def test_resume_restores_trainable_weights_and_optimizer(tiny_llama, sft_file, t
     fit(first, sft_file, tmp_path / "a", steps=3)
     resumed = build(tiny_llama, LoRA(r=4))
     dm = SFTDataModule(train=str(sft_file), val_fraction=0.25, batch_size=4, max_length=64)
-    trainer = pl.Trainer(default_root_dir=tmp_path / "b", max_steps=5, accelerator="cpu", logger=False,
-                         enable_progress_bar=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path / "b",
+        max_steps=5,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(resumed, dm, ckpt_path=tmp_path / "a" / "checkpoints" / "last.ckpt")
     assert trainer.global_step == 5
 
@@ -111,12 +117,13 @@ def test_objective_and_datamodule_must_agree() -> None:
     class OtherBatchData:
         batch_type = dict
 
-    with pytest.raises(FTLabError, match="objective SFT consumes SFTBatch batches but datamodule OtherBatchData yields"):
+    with pytest.raises(FTLabError, match="SFT consumes SFTBatch batches but datamodule OtherBatchData yields"):
         check_composition(Full(), SFT(), OtherBatchData(), strategy=None)
 
 
 def test_nan_loss_stops_with_the_step(tiny_llama, sft_file, tmp_path) -> None:
-    module = FineTuneModule(backbone=tiny_llama, method=Full(), objective=SFT(),
-                            optimizer=lambda p: torch.optim.SGD(p, lr=float("nan")))
+    module = FineTuneModule(
+        backbone=tiny_llama, method=Full(), objective=SFT(), optimizer=lambda p: torch.optim.SGD(p, lr=float("nan"))
+    )
     with pytest.raises(FTLabError, match=r"training loss is nan at step 1"):
         fit(module, sft_file, tmp_path, steps=3)

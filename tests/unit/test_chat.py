@@ -54,8 +54,9 @@ def test_instruction_row_joins_input_and_names_missing_field() -> None:
     ]
     assert instruction_messages({**row, "output": "  "}, "f row 4", "instruction", "input", "output", None) is None
     with pytest.raises(FTLabError, match=r"f row 4 has no 'output' field \(it has: instruction, input\)"):
-        instruction_messages({"instruction": "Add", "input": "x", "output": None}, "f row 4", "instruction", "input",
-                             "output", None)
+        instruction_messages(
+            {"instruction": "Add", "input": "x", "output": None}, "f row 4", "instruction", "input", "output", None
+        )
 
 
 def test_chat_rows_are_checked(tokenizer) -> None:

@@ -49,8 +49,7 @@ def test_truncation_and_dropping_are_counted(tokenizer, tmp_path: Path) -> None:
         {"instruction": "a very long prompt " * 40, "output": "never seen"},
     ]
     dm = make(tokenizer, write_jsonl(tmp_path / "t.jsonl", rows), max_length=32)
-    assert dm.stats == {"rows": 3, "truncated": 1, "dropped_prompt_too_long": 1, "train_examples": 2,
-                        "val_examples": 0}
+    assert dm.stats == {"rows": 3, "truncated": 1, "dropped_prompt_too_long": 1, "train_examples": 2, "val_examples": 0}
     assert all(len(e.input_ids) <= 32 for e in dm.train_set)
 
 
