@@ -107,3 +107,17 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["train_loss"] < summary["train_loss_first"]
+
+
+def test_wandb_logs_offline_into_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(
+        f"--trainer.default_root_dir={tmp_path}",
+        "--config",
+        str(REPO / "experiments/loggers/wandb.yaml"),
+        "--trainer.max_steps=2",
+    )
+    runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (tmp_path / "logs" / "metrics.csv").exists() and (tmp_path / "DONE").exists()
