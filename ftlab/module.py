@@ -36,6 +36,12 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
             f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
             f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
         )
+    if not method.trains_backbone and not objective.has_head:
+        raise FTLabError(
+            f"method {method.name} trains only an objective's head, and objective {objective.name} has none"
+        )
+    if getattr(datamodule, "packing", False) and not method.supports_packing:
+        raise FTLabError(f"method {method.name} cannot train on packed rows; set data packing: false")
     sharded = type(strategy).__name__ in {"FSDPStrategy", "ModelParallelStrategy"}
     if sharded and not method.supports_fsdp:
         raise FTLabError(f"method {method.name} does not support sharded training ({type(strategy).__name__})")
@@ -81,6 +87,7 @@ class FineTuneModule(pl.LightningModule):
         if hasattr(model, "config"):
             model.config.use_cache = False
         self.model = self.method.apply(model)
+        self.objective.setup_model(self.model)
         self.model.train(self.training)  # from_pretrained returns eval mode; Lightning switches modes itself
 
     def setup(self, stage: str) -> None:
@@ -138,8 +145,10 @@ class FineTuneModule(pl.LightningModule):
     # --- optimisation
     def configure_optimizers(self) -> Any:
         groups: list[dict[str, Any]] = []
-        for group in self.method.param_groups(self.model):
-            params = [p for p in group["params"] if p.requires_grad or group.get("lr_scale", 1.0) == 0.0]
+        own = [p for p in self.objective.parameters() if p.requires_grad]
+        head = [{"params": own, "name": "objective"}] if own else []
+        for group in [*self.method.param_groups(self.model), *head]:
+            params = list(group["params"])
             extra = {k: v for k, v in group.items() if k != "params"}
             matrices = [p for p in params if p.ndim >= 2 or self.decay_1d]
             vectors = [p for p in params if p.ndim < 2 and not self.decay_1d]
@@ -159,6 +168,14 @@ class FineTuneModule(pl.LightningModule):
         if getattr(scheduler, "total_steps", 0) is None:
             scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def count_parameters(self) -> tuple[int, int]:
+        """(trainable over the run, total) parameters of the model and the objective's head."""
+        head = [p for p in self.objective.parameters() if p.requires_grad]
+        trainable = sum(p.numel() for p in self.method.trainable_parameters(self.model).values())
+        trainable += sum(p.numel() for p in head)
+        total = sum(p.numel() for p in self.model.parameters()) + sum(p.numel() for p in head)
+        return trainable, total
 
     # --- weights
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -119,8 +119,7 @@ class RunReport(pl.Callback):
         trainer.strategy.barrier("ftlab-run-report")
 
     def summary(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Any]:
-        params = list(pl_module.model.parameters())
-        trainable = sum(p.numel() for p in pl_module.method.trainable_parameters(pl_module.model).values())
+        trainable, total = pl_module.count_parameters()
         metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
         memory, memory_kind = peak_memory_mb(pl_module.device)
         datamodule = trainer.datamodule
@@ -129,7 +128,7 @@ class RunReport(pl.Callback):
             "objective": pl_module.objective.name,
             "backbone": pl_module.backbone.describe(),
             "trainable_params": trainable,
-            "total_params": sum(p.numel() for p in params),
+            "total_params": total,
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
             "tokens_seen": self.tokens * trainer.world_size,

@@ -28,6 +28,10 @@ class Method:
     """Works with a sharded model (FSDP)."""
     supports_quantized: ClassVar[bool] = False
     """Works on a backbone loaded in 4/8 bit."""
+    supports_packing: ClassVar[bool] = True
+    """Works on packed rows (several examples per row, told apart by position ids)."""
+    trains_backbone: ClassVar[bool] = True
+    """False when only an objective's head trains (feature extraction)."""
 
     @property
     def name(self) -> str:
@@ -46,7 +50,9 @@ class Method:
         return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """What the optimizer sees. A group may carry `lr_scale`, multiplied into its learning rate."""
+        """What the optimizer sees, from step 0 (every parameter that will ever train: a scheduled
+        method keeps later ones frozen through `requires_grad`). A group may carry `name` and
+        `lr_scale`, multiplied into its learning rate."""
         return [{"params": list(self.trainable_parameters(model).values()), "name": "trainable"}]
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:

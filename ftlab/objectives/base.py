@@ -38,6 +38,11 @@ class Objective(nn.Module):
     batch_type: ClassVar[type]
     model_class: ClassVar[Any] = AutoModelForCausalLM
     needs_reference: ClassVar[bool] = False
+    has_head: ClassVar[bool] = False
+    """The objective owns trainable parameters of its own (a classifier, a value head)."""
+
+    def setup_model(self, model: nn.Module) -> None:
+        """Called once the method has been applied: build heads sized to the model here."""
 
     @property
     def name(self) -> str:

@@ -46,7 +46,8 @@ def forward_logits(model: torch.nn.Module, batch: SFTBatch) -> torch.Tensor:
         position_ids=batch.position_ids,
         use_cache=False,
     )
-    return out.logits
+    # Prompt tuning prepends virtual tokens to the sequence: keep the positions of the real tokens.
+    return out.logits[:, -batch.input_ids.shape[1] :]
 
 
 class SFT(Objective):
