@@ -1,4 +1,5 @@
-"""`python -m ftlab fit|validate|test|predict --config a.yaml --config b.yaml [--key=value ...]`.
+"""`python -m ftlab fit|validate|test|predict --config a.yaml --config b.yaml [--key=value ...]`,
+and `python -m ftlab export RUN_DIR` (see ftlab.export).
 
 A LightningCLI over the one module (backbone + method + objective) and any ftlab datamodule.
 Later `--config` files override earlier ones, so a run reads as base + method + objective.
@@ -83,8 +84,14 @@ class FTLabCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if args is None else args
     try:
-        FTLabCLI(args=args)
+        if argv[:1] == ["export"]:
+            from ftlab.export import main as export_main
+
+            export_main(argv[1:])
+        else:
+            FTLabCLI(args=argv)
     except FTLabError as err:
         print(f"ftlab: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -43,3 +43,39 @@ class WarmupCosine(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+class SlantedTriangular(LRScheduler):
+    """Slanted triangular learning rates (Howard & Ruder, 2018): a short linear rise, a long linear fall.
+
+    cut = ⌊T · cut_frac⌋; p = t / cut for t < cut, else 1 − (t − cut) / (cut · (1 / cut_frac − 1));
+    lr = lr_max · (1 + p · (ratio − 1)) / ratio. ULMFiT used cut_frac 0.1 and ratio 32.
+
+    Args:
+        optimizer: Filled in by the module.
+        total_steps: T; None takes the trainer's estimate of the run's steps.
+        cut_frac: Share of the steps spent rising.
+        ratio: How much smaller the lowest rate is than the peak.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int | None = None,
+        cut_frac: float = 0.1,
+        ratio: float = 32.0,
+        last_epoch: int = -1,
+    ) -> None:
+        self.total_steps = total_steps
+        self.cut_frac = cut_frac
+        self.ratio = ratio
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        total = self.total_steps if self.total_steps is not None else step + 1
+        cut = max(1, math.floor(total * self.cut_frac))
+        p = step / cut if step < cut else max(0.0, 1 - (step - cut) / (cut * (1 / self.cut_frac - 1)))
+        return (1 + p * (self.ratio - 1)) / self.ratio
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]

@@ -3,6 +3,10 @@
 from ftlab.methods.base import Method
 from ftlab.methods.freeze import Freeze
 from ftlab.methods.full import Full
+from ftlab.methods.gradual_unfreeze import GradualUnfreeze
 from ftlab.methods.lora import LoRA
+from ftlab.methods.prefix import PrefixTuning
+from ftlab.methods.prompt import PromptTuning
+from ftlab.methods.qlora import QLoRA
 
-__all__ = ["Freeze", "Full", "LoRA", "Method"]
+__all__ = ["Freeze", "Full", "GradualUnfreeze", "LoRA", "Method", "PrefixTuning", "PromptTuning", "QLoRA"]

@@ -81,7 +81,7 @@ class Method:
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method into plain backbone weights, for export (where the method allows)."""
-        return model
+        raise FTLabError(f"{self.name} cannot be merged into plain backbone weights")
 
     def callbacks(self) -> list[Callback]:
         """Schedules the method brings along (e.g. gradual unfreezing)."""

@@ -63,3 +63,6 @@ class Freeze(Method):
     def apply(self, model: nn.Module) -> nn.Module:
         set_trainable(model, self.chosen(model))
         return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model  # the weights are plain backbone weights already

@@ -13,3 +13,6 @@ class Full(Method):
     def apply(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(True)
         return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model  # the weights are plain backbone weights already

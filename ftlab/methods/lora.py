@@ -28,8 +28,12 @@ def linear_leaf_names(model: nn.Module) -> list[str]:
 
 
 def task_type(model: nn.Module) -> TaskType | None:
+    """peft's task type from the model class: a causal LM, a sequence classifier, or a bare encoder/decoder."""
     name = type(model).__name__
-    return next((task for suffix, task in _TASKS.items() if name.endswith(suffix)), None)
+    task = next((task for suffix, task in _TASKS.items() if name.endswith(suffix)), None)
+    if task is None and name.endswith("Model"):  # BertModel, LlamaModel: hidden states for an objective's head
+        return TaskType.FEATURE_EXTRACTION
+    return task
 
 
 class LoRA(Method):

@@ -1,0 +1,71 @@
+"""`python -m ftlab export RUN_DIR [--out DIR]`: a finished run as plain Hugging Face folders.
+
+Rebuilds the run's module from its `config.yaml`, loads `trainable.safetensors`, and writes
+- `<out>/adapter`: the peft adapter folder (peft methods: LoRA, QLoRA, prefix, prompt), loadable with
+  `PeftModel.from_pretrained(base, <out>/adapter)`;
+- `<out>/merged`: the method folded into plain weights (Full, Freeze, GradualUnfreeze, LoRA), loadable
+  with `AutoModelForCausalLM.from_pretrained(<out>/merged)`, with the tokenizer beside it.
+Methods that can do neither (bottleneck adapters) are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentParser
+from peft import PeftModel
+
+from ftlab import runfolder
+from ftlab.errors import FTLabError
+from ftlab.module import FineTuneModule
+
+
+def load_run(run_dir: Path) -> FineTuneModule:
+    """The run's module with its trained weights, built from the run folder alone."""
+    config_path, weights = run_dir / runfolder.CONFIG, run_dir / runfolder.WEIGHTS
+    for path in (config_path, weights):
+        if not path.is_file():
+            raise FTLabError(f"{path} not found: export needs a finished run folder")
+    config = yaml.safe_load(config_path.read_text())
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FineTuneModule, "model", fail_untyped=False)
+    parsed = parser.parse_object({"model": config["model"]})
+    module: FineTuneModule = parser.instantiate_classes(parsed).model
+    module.configure_model()
+    module.load_trainable(weights)
+    module.eval()
+    return module
+
+
+def export(run_dir: Path, out: Path) -> dict[str, Path]:
+    module = load_run(run_dir)
+    if module.objective.has_head:
+        raise FTLabError(f"objective {module.objective.name} has a head of its own; export writes plain models only")
+    written: dict[str, Path] = {}
+    if isinstance(module.model, PeftModel):
+        module.model.save_pretrained(str(out / "adapter"))
+        module.tokenizer.save_pretrained(str(out / "adapter"))
+        written["adapter"] = out / "adapter"
+    try:
+        merged: Any = module.method.merge(module.model)
+    except FTLabError:
+        if not written:
+            raise
+    else:
+        merged.config.use_cache = True
+        merged.save_pretrained(str(out / "merged"))
+        module.tokenizer.save_pretrained(str(out / "merged"))
+        written["merged"] = out / "merged"
+    return written
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="ftlab export", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished run folder (trainer.default_root_dir)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write; default <run_dir>/export")
+    args = parser.parse_args(argv)
+    for kind, path in export(args.run_dir, args.out or args.run_dir / "export").items():
+        print(f"{kind}: {path}")
