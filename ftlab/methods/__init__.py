@@ -1,5 +1,8 @@
 """Fine-tuning methods: one class per file; the class name is the config name."""
 
+from ftlab.methods.adapter_hybrid import AdapterHybrid
+from ftlab.methods.adapter_parallel import AdapterParallel
+from ftlab.methods.adapter_sequential import AdapterSequential
 from ftlab.methods.base import Method
 from ftlab.methods.freeze import Freeze
 from ftlab.methods.full import Full
@@ -9,4 +12,16 @@ from ftlab.methods.prefix import PrefixTuning
 from ftlab.methods.prompt import PromptTuning
 from ftlab.methods.qlora import QLoRA
 
-__all__ = ["Freeze", "Full", "GradualUnfreeze", "LoRA", "Method", "PrefixTuning", "PromptTuning", "QLoRA"]
+__all__ = [
+    "AdapterHybrid",
+    "AdapterParallel",
+    "AdapterSequential",
+    "Freeze",
+    "Full",
+    "GradualUnfreeze",
+    "LoRA",
+    "Method",
+    "PrefixTuning",
+    "PromptTuning",
+    "QLoRA",
+]

@@ -19,7 +19,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForCausalLM
 
 from ftlab.data import SFTDataModule
-from ftlab.methods import Freeze, Full, GradualUnfreeze, LoRA, Method, PrefixTuning, PromptTuning, QLoRA
+from ftlab.methods import (
+    AdapterHybrid,
+    AdapterParallel,
+    AdapterSequential,
+    Freeze,
+    Full,
+    GradualUnfreeze,
+    LoRA,
+    Method,
+    PrefixTuning,
+    PromptTuning,
+    QLoRA,
+)
 from ftlab.models import TinyBackbone
 from ftlab.module import FineTuneModule
 from ftlab.objectives import SFT
@@ -36,6 +48,9 @@ LLAMA_64 = {
     "tie_word_embeddings": False,
 }
 METHODS: dict[str, Callable[[], Method]] = {
+    "adapter_hybrid": lambda: AdapterHybrid(size=8),
+    "adapter_parallel": lambda: AdapterParallel(size=8),
+    "adapter_sequential": lambda: AdapterSequential(size=8, train_norms=True),
     "full": Full,
     "freeze": lambda: Freeze(last_blocks=1),
     "gradual_unfreeze": lambda: GradualUnfreeze(every_n_steps=1),
@@ -75,8 +90,13 @@ def test_method_contract(name: str, backbone: TinyBackbone, sft_file: Path, tmp_
 
     dm = SFTDataModule(train=str(sft_file), val_fraction=0.25, batch_size=4, max_length=64)
     trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        default_root_dir=tmp_path,
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
     )
     trainer.fit(module, dm)
 
