@@ -33,3 +33,24 @@ class SFTBatch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class ClassificationBatch:
+    """Token sequences with one class label each, for sequence classification.
+
+    Shapes: input_ids, attention_mask (and token_type_ids, for BERT-style text pairs) are [B, T],
+    right-padded; labels and index are [B]. `index` is each example's position in its split (train
+    or validation), stable across epochs, so an objective can cache per-example features by it.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
+    num_tokens: int = 0
+    """Non-padding tokens in the batch (counted on the host at collate time: no device sync)."""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])

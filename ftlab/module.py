@@ -36,6 +36,8 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
             f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
             f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
         )
+    if datamodule is not None:
+        objective.check_data(datamodule)
     if not method.trains_backbone and not objective.has_head:
         raise FTLabError(
             f"method {method.name} trains only an objective's head, and objective {objective.name} has none"

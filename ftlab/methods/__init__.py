@@ -4,6 +4,7 @@ from ftlab.methods.adapter_hybrid import AdapterHybrid
 from ftlab.methods.adapter_parallel import AdapterParallel
 from ftlab.methods.adapter_sequential import AdapterSequential
 from ftlab.methods.base import Method
+from ftlab.methods.feature_extraction import FeatureExtraction
 from ftlab.methods.freeze import Freeze
 from ftlab.methods.full import Full
 from ftlab.methods.gradual_unfreeze import GradualUnfreeze
@@ -16,6 +17,7 @@ __all__ = [
     "AdapterHybrid",
     "AdapterParallel",
     "AdapterSequential",
+    "FeatureExtraction",
     "Freeze",
     "Full",
     "GradualUnfreeze",

@@ -1,6 +1,7 @@
 """Objectives: one class per file; the loss math as pure functions beside it."""
 
 from ftlab.objectives.base import Objective, StepContext
+from ftlab.objectives.classification import Classification
 from ftlab.objectives.sft import SFT
 
-__all__ = ["SFT", "Objective", "StepContext"]
+__all__ = ["SFT", "Classification", "Objective", "StepContext"]

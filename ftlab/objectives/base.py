@@ -41,6 +41,10 @@ class Objective(nn.Module):
     has_head: ClassVar[bool] = False
     """The objective owns trainable parameters of its own (a classifier, a value head)."""
 
+    def check_data(self, datamodule: Any) -> None:
+        """Called at setup, after the data is read and before the model loads: refuse data this
+        objective cannot use (e.g. a label count that differs from the head's), in one sentence."""
+
     def setup_model(self, model: nn.Module) -> None:
         """Called once the method has been applied: build heads sized to the model here."""
 

@@ -15,6 +15,7 @@ from tests.conftest import REPO
 EXPERIMENTS = REPO / "experiments"
 QUICKSTART = EXPERIMENTS / "quickstart.yaml"
 ALL = sorted(p.relative_to(EXPERIMENTS).as_posix() for p in EXPERIMENTS.rglob("*.yaml"))
+COMPANIONS = {"objectives/classification.yaml": ["data/sst2.yaml"]}  # an objective that needs its kind of data
 
 
 def test_every_component_has_its_yaml() -> None:
@@ -26,7 +27,8 @@ def test_every_component_has_its_yaml() -> None:
 def test_yaml_instantiates(name: str, tiny_llama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     path = EXPERIMENTS / name
-    text = path.read_text()
+    companions = [EXPERIMENTS / c for c in COMPANIONS.get(name, [])]
+    text = "".join(p.read_text() for p in [path, *companions])
     if "../shared/data" in text and not (REPO.parent / "shared" / "data").is_dir():
         pytest.skip("the shared offline data folder is not beside this checkout")
     extra: list[str] = []
@@ -35,7 +37,15 @@ def test_yaml_instantiates(name: str, tiny_llama, tmp_path: Path, monkeypatch: p
     if "accelerator: gpu" in text and not torch.cuda.is_available():
         extra += ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]
     cli = FTLabCLI(
-        args=["--config", str(QUICKSTART), "--config", str(path), f"--trainer.default_root_dir={tmp_path}", *extra],
+        args=[
+            "--config",
+            str(QUICKSTART),
+            *[a for c in companions for a in ("--config", str(c))],
+            "--config",
+            str(path),
+            f"--trainer.default_root_dir={tmp_path}",
+            *extra,
+        ],
         run=False,
     )
     assert isinstance(cli.model, FineTuneModule)

@@ -22,8 +22,18 @@ def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def test_lora_run_exports_adapter_and_merged_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     run = tmp_path / "run"
-    main(["fit", "--config", "experiments/quickstart.yaml", "--config", "experiments/methods/lora.yaml",
-          "--trainer.max_steps=3", "--data.init_args.max_length=96", f"--trainer.default_root_dir={run}"])
+    main(
+        [
+            "fit",
+            "--config",
+            "experiments/quickstart.yaml",
+            "--config",
+            "experiments/methods/lora.yaml",
+            "--trainer.max_steps=3",
+            "--data.init_args.max_length=96",
+            f"--trainer.default_root_dir={run}",
+        ]
+    )
     main(["export", str(run), "--out", str(tmp_path / "out")])
 
     trained = load_run(run).model
@@ -44,8 +54,18 @@ def test_export_refuses_what_cannot_become_a_plain_model(tmp_path, capsys, monke
         main(["export", str(tmp_path / "nothing")])
     assert "nothing/config.yaml not found: export needs a finished run folder" in capsys.readouterr().err
     run = tmp_path / "run"
-    main(["fit", "--config", "experiments/quickstart.yaml", "--config", "experiments/methods/adapter_parallel.yaml",
-          "--trainer.max_steps=1", "--data.init_args.max_length=96", f"--trainer.default_root_dir={run}"])
+    main(
+        [
+            "fit",
+            "--config",
+            "experiments/quickstart.yaml",
+            "--config",
+            "experiments/methods/adapter_parallel.yaml",
+            "--trainer.max_steps=1",
+            "--data.init_args.max_length=96",
+            f"--trainer.default_root_dir={run}",
+        ]
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(run)])
     assert exit_info.value.code == 2

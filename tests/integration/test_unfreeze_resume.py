@@ -23,12 +23,19 @@ class Probe(pl.Callback):
 
 
 def run(backbone, data: Path, root: Path, steps: int, ckpt: Path | None = None) -> Probe:
-    module = FineTuneModule(backbone, GradualUnfreeze(every_n_steps=2), SFT(),
-                            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    module = FineTuneModule(
+        backbone, GradualUnfreeze(every_n_steps=2), SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
+    )
     probe = Probe()
-    trainer = pl.Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", logger=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[probe, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)])
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+    )
     dm = SFTDataModule(train=str(data), batch_size=4, max_length=64)
     trainer.fit(module, dm, ckpt_path=ckpt)
     return probe

@@ -37,13 +37,16 @@ def test_schedule_is_a_function_of_step_or_epoch(llama) -> None:
     assert set(by_step.trainable_parameters(model)) == {n for n, _ in model.named_parameters()}
     by_step.set_stage(model, 2)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        "model.norm.weight", "lm_head.weight", *[n for n, _ in model.named_parameters() if ".layers.1." in n]
+        "model.norm.weight",
+        "lm_head.weight",
+        *[n for n, _ in model.named_parameters() if ".layers.1." in n],
     }
 
 
 def test_discriminative_rates_divide_by_the_decay_per_group(tiny_llama) -> None:
-    module = FineTuneModule(tiny_llama, GradualUnfreeze(lr_decay=2.6), SFT(),
-                            optimizer=lambda p: torch.optim.AdamW(p, lr=0.1))
+    module = FineTuneModule(
+        tiny_llama, GradualUnfreeze(lr_decay=2.6), SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=0.1)
+    )
     module.configure_model()
     optimizer = module.configure_optimizers()
     rates = {g["name"]: g["lr"] for g in optimizer.param_groups}

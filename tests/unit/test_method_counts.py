@@ -8,11 +8,24 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from ftlab.methods import LoRA, PrefixTuning, PromptTuning
 
-BERT_BASE = {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072, "vocab_size": 30522}
+BERT_BASE = {
+    "model_type": "bert",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 30522,
+}
 # Llama-shaped: 16 layers, hidden 2048, 32 heads of 64, 4 key/value heads (kv_dim 256), intermediate 5632
-LLAMA = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
-         "num_key_value_heads": 4, "intermediate_size": 5632, "vocab_size": 32000}
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "intermediate_size": 5632,
+    "vocab_size": 32000,
+}
 
 
 def build(config: dict, auto: type) -> torch.nn.Module:
