@@ -6,9 +6,11 @@
 Backbone: a Llama-shaped model built from config (hidden 512, 8 blocks, GQA 8/4 heads, intermediate
 1536, vocab 2048; about 22M parameters), SFT on the bundled instruction data, batch 8, rows up to
 128 tokens, AdamW. Step time is the median over `--steps` optimizer steps after 3 warm-up steps.
-Peak memory on CPU is the process's peak resident set size minus its size before the model was
-loaded (weights, gradients, optimizer state and activations, plus allocator slack); on CUDA it is the
-allocator's peak. Each method runs in its own process so that peaks do not mix.
+Two memory numbers: "weights+grads+optimizer" counts the bytes of the training state exactly (stored
+weights, 4-bit ones at their packed size; a gradient per trainable parameter; the optimizer's state
+tensors). "Peak memory" on CPU is the process's peak resident set size minus its size before the model
+was loaded: it adds activations but also allocator slack and the memory-mapped checkpoint pages, so
+it is noisy at this size; on CUDA it is the allocator's peak. Each method runs in its own process.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ def measure(name: str, steps: int, root: Path) -> dict:
     dm = SFTDataModule(train=str(REPO / "ftlab/assets/self_instruct_seed.jsonl"), batch_size=8, max_length=128)
     trainer.fit(module, dm)
     trainable, total = module.count_parameters()
+    # Training state in bytes, exactly: stored weights (4-bit ones at their packed size, tied ones once),
+    # one gradient per trainable parameter, and the optimizer's state tensors.
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in module.model.state_dict().values()
+    }
+    grads = sum(p.numel() * p.element_size() for p in module.method.trainable_parameters(module.model).values())
+    optimizer = trainer.optimizers[0]
+    moments = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim)
+    state_mb = (sum(storages.values()) + grads + moments) / 2**20
     cuda = torch.cuda.is_available()
     peak = (
         torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -110,16 +121,20 @@ def measure(name: str, steps: int, root: Path) -> dict:
         "trainable_pct": 100 * trainable / total,
         "step_seconds": statistics.median(timer.times[3:]),
         "peak_memory_mb": peak - (0 if cuda else baseline),
+        "state_memory_mb": state_mb,
         "device": "cuda" if cuda else "cpu",
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | trainable params | % of total | peak memory (MB) | step (s) |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| method | trainable params | % of total | weights+grads+optimizer (MB) | peak memory (MB) | step (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_pct']:.2f} | "
+            f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_pct']:.2f} | {r['state_memory_mb']:.0f} | "
             f"{r['peak_memory_mb']:.0f} | {r['step_seconds']:.3f} |"
         )
     return "\n".join(lines)

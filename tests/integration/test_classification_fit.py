@@ -206,3 +206,29 @@ def test_real_minilm_loads_offline_from_its_package_and_trains(tmp_path) -> None
     assert module.model.config.hidden_size == 384 and len(module.tokenizer) == 30522
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])
     assert dm.collate(dm.train_set[:1]).input_ids[0, 0] == module.tokenizer.cls_token_id
+
+
+ENCODER_METHODS = {
+    "freeze": lambda: ftlab.methods.Freeze(last_blocks=1),
+    "gradual_unfreeze": lambda: ftlab.methods.GradualUnfreeze(every_n_steps=1),
+    "adapter_sequential": lambda: ftlab.methods.AdapterSequential(size=4),
+    "adapter_parallel": lambda: ftlab.methods.AdapterParallel(size=4),
+    "adapter_hybrid": lambda: ftlab.methods.AdapterHybrid(size=4),
+    "prefix": lambda: ftlab.methods.PrefixTuning(num_virtual_tokens=3),
+    "prompt": lambda: ftlab.methods.PromptTuning(num_virtual_tokens=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_METHODS))
+def test_every_encoder_method_trains_a_classifier(name, tiny_bert, data_files, tmp_path) -> None:
+    pl.seed_everything(0)
+    module = build(tiny_bert, ENCODER_METHODS[name]())
+    module.configure_model()
+    declared = set(module.method.trainable_parameters(module.model))
+    before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    fit(module, data_files, tmp_path, steps=4, epochs=2)
+    after = module.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in declared), "a frozen weight moved"
+    assert any(not torch.equal(before[k], after[k]) for k in declared), "no backbone weight trained"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0 <= summary["metrics"]["val/accuracy"] <= 1
