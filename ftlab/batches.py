@@ -54,3 +54,24 @@ class ClassificationBatch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class PreferenceBatch:
+    """Pairs of answers to the same prompts, chosen and rejected stacked in one batch.
+
+    Shapes: input_ids, attention_mask and labels are [2B, T], right-padded: rows [0, B) hold
+    prompt + chosen answer, rows [B, 2B) prompt + rejected answer for the same prompts in the same
+    order, so one forward pass serves both. `labels` holds the answer's token ids and -100 on prompt
+    and padding. `index` [B] is each pair's position in its split (stable across epochs).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    num_tokens: int = 0
+    """Non-padding tokens in the batch, both halves (counted on the host at collate time)."""
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
