@@ -8,6 +8,7 @@ from the method's parameter groups, and saves trainable weights only.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +80,7 @@ class FineTuneModule(pl.LightningModule):
         self.decay_1d = decay_1d
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
+        self.reference_model: nn.Module | None = None
         self.strict_loading = False  # checkpoints hold trainable weights only; keys are checked below
 
     # --- building
@@ -88,6 +90,9 @@ class FineTuneModule(pl.LightningModule):
         model = self.backbone.load_model(self.objective.model_class, **self.method.load_kwargs())
         if hasattr(model, "config"):
             model.config.use_cache = False
+        if self.objective.needs_reference and not self.method.supports_disable:
+            # the method cannot switch itself off: keep a frozen copy of the initial weights as reference
+            self.reference_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.model = self.method.apply(model)
         self.objective.setup_model(self.model)
         self.model.train(self.training)  # from_pretrained returns eval mode; Lightning switches modes itself
@@ -102,9 +107,19 @@ class FineTuneModule(pl.LightningModule):
 
     @contextmanager
     def reference(self) -> Iterator[nn.Module]:
-        """The reference policy: the model with the method switched off."""
-        with torch.no_grad(), self.method.disabled(self.model) as ref:
-            yield ref
+        """The reference policy, without gradients or dropout: a frozen copy of the initial model where
+        one was made, else the model with the method switched off (no second model in memory)."""
+        if self.reference_model is not None:
+            with torch.no_grad():
+                yield self.reference_model.eval()
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.method.disabled(self.model) as ref:
+                yield ref
+        finally:
+            self.model.train(was_training)
 
     def context(self) -> StepContext:
         return StepContext(model=self.model, reference=self.reference)

@@ -2,6 +2,8 @@
 
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.objectives.classification import Classification
+from ftlab.objectives.dpo import DPO
+from ftlab.objectives.reward import Reward
 from ftlab.objectives.sft import SFT
 
-__all__ = ["SFT", "Classification", "Objective", "StepContext"]
+__all__ = ["DPO", "SFT", "Classification", "Objective", "Reward", "StepContext"]

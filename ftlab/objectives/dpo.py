@@ -1,0 +1,141 @@
+"""Direct Preference Optimization (Rafailov et al., 2023) and its loss variants.
+
+With policy and reference log-probabilities of whole answers (summed over answer tokens only),
+h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x)), the losses are
+- `Sigmoid`: −log σ(β h) (the paper's); with `label_smoothing` ε it is conservative DPO (cDPO,
+  Mitchell 2023): −(1 − ε) log σ(β h) − ε log σ(−β h), for labels that are wrong with probability ε;
+- `IPO` (Azar et al., 2023): (h − 1/(2β))², which does not push h to infinity on separable data.
+IPO's paper states h on summed log-probabilities, as here; TRL averages them over tokens instead.
+The implicit rewards are β(log π − log π_ref) of each answer.
+
+Chosen and rejected answers go through the model in one forward pass (the batch stacks them), and
+the reference comes from the module: the method switched off (LoRA, adapters, prefix, prompt: no
+second model) or a frozen copy of the initial weights (Full, Freeze), computed without gradients and
+without dropout.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from ftlab.batches import PreferenceBatch
+from ftlab.objectives.base import Metrics, Objective, StepContext
+
+IGNORE = -100
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ_t log p(labels[t+1] | ≤ t) over the labelled tokens of each row: logits [N, T, V], labels [N, T] -> [N]."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    token_nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    )
+    return -token_nll.view(shift_labels.shape).sum(-1)
+
+
+def preference_logits(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor
+) -> torch.Tensor:
+    """h = (π_w − ref_w) − (π_l − ref_l), on log-probabilities [B] -> [B]."""
+    return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+
+
+class PreferenceLoss:
+    """A DPO-family loss of h (see the module docstring) and β, per pair [B] -> [B]."""
+
+    def __call__(self, h: torch.Tensor, beta: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Sigmoid(PreferenceLoss):
+    """The DPO loss −log σ(βh); with label_smoothing ε > 0, conservative DPO.
+
+    Args:
+        label_smoothing: ε, the assumed probability that a preference label is flipped.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, h: torch.Tensor, beta: float) -> torch.Tensor:
+        eps = self.label_smoothing
+        return -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+
+
+class IPO(PreferenceLoss):
+    """The IPO loss (h − 1/(2β))²."""
+
+    def __call__(self, h: torch.Tensor, beta: float) -> torch.Tensor:
+        return (h - 1 / (2 * beta)) ** 2
+
+
+def answer_logps(model: torch.nn.Module, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probabilities of the chosen and rejected halves, one forward pass: ([B], [B])."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    logps = sequence_logps(out.logits[:, -batch.input_ids.shape[1] :], batch.labels)
+    return logps[: len(batch)], logps[len(batch) :]
+
+
+class DPO(Objective):
+    """Direct preference optimisation against a reference policy.
+
+    Args:
+        beta: Strength of the KL constraint to the reference (the paper used 0.1 to 0.5).
+        loss: The loss variant: Sigmoid (DPO, or cDPO with label smoothing) or IPO.
+    """
+
+    batch_type: ClassVar[type] = PreferenceBatch
+    needs_reference: ClassVar[bool] = True
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracy",
+        "rewards/margin",
+        "logps/chosen",
+        "logps/rejected",
+    )
+
+    def __init__(self, beta: float = 0.1, loss: PreferenceLoss | None = None) -> None:
+        super().__init__()
+        self.beta = beta
+        self.loss_fn = loss or Sigmoid()
+        self.val = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in self.METRICS})
+
+    def compute(self, ctx: StepContext, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
+        chosen, rejected = answer_logps(ctx.model, batch)
+        with ctx.reference() as reference:
+            ref_chosen, ref_rejected = answer_logps(reference, batch)
+        h = preference_logits(chosen, rejected, ref_chosen, ref_rejected)
+        reward_chosen = self.beta * (chosen - ref_chosen).detach()
+        reward_rejected = self.beta * (rejected - ref_rejected).detach()
+        return {
+            "loss": self.loss_fn(h, self.beta).mean(),
+            "rewards/chosen": reward_chosen.mean(),
+            "rewards/rejected": reward_rejected.mean(),
+            "rewards/accuracy": (reward_chosen > reward_rejected).float().mean(),
+            "rewards/margin": (reward_chosen - reward_rejected).mean(),
+            "logps/chosen": chosen.detach().mean(),
+            "logps/rejected": rejected.detach().mean(),
+        }
+
+    def training_step(self, ctx: StepContext, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = self.compute(ctx, batch)
+        return values["loss"], {k: v.detach() for k, v in values.items()}
+
+    def validation_step(self, ctx: StepContext, batch: PreferenceBatch) -> Metrics:
+        values = self.compute(ctx, batch)
+        out: Metrics = {}
+        for name, value in values.items():
+            metric = self.val[name.replace("/", "_")]
+            metric.update(value.detach(), weight=len(batch))
+            out[name] = metric
+        return out
