@@ -103,7 +103,7 @@ class FineTuneModule(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         from ftlab.callbacks.run_report import RunReport
 
-        return [RunReport(), *self.method.callbacks()]
+        return [RunReport(), *self.method.callbacks(), *self.objective.callbacks()]
 
     @contextmanager
     def reference(self) -> Iterator[nn.Module]:

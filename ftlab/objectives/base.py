@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from lightning.pytorch import Callback
 from torch import nn
 from torchmetrics import Metric
 from transformers import AutoModelForCausalLM
@@ -44,6 +45,10 @@ class Objective(nn.Module):
     def check_data(self, datamodule: Any) -> None:
         """Called at setup, after the data is read and before the model loads: refuse data this
         objective cannot use (e.g. a label count that differs from the head's), in one sentence."""
+
+    def callbacks(self) -> list[Callback]:
+        """Behaviour over time the objective brings along (e.g. precomputing reference log-probs)."""
+        return []
 
     def setup_model(self, model: nn.Module) -> None:
         """Called once the method has been applied: build heads sized to the model here."""

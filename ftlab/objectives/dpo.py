@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from torchmetrics import MeanMetric
 
 from ftlab.batches import PreferenceBatch
@@ -90,6 +91,8 @@ class DPO(Objective):
     Args:
         beta: Strength of the KL constraint to the reference (the paper used 0.1 to 0.5).
         loss: The loss variant: Sigmoid (DPO, or cDPO with label smoothing) or IPO.
+        precompute_reference: Compute the reference log-probabilities once before training and keep
+            them in the run folder, instead of a reference forward pass every step.
     """
 
     batch_type: ClassVar[type] = PreferenceBatch
@@ -104,16 +107,33 @@ class DPO(Objective):
         "logps/rejected",
     )
 
-    def __init__(self, beta: float = 0.1, loss: PreferenceLoss | None = None) -> None:
+    def __init__(
+        self, beta: float = 0.1, loss: PreferenceLoss | None = None, precompute_reference: bool = False
+    ) -> None:
         super().__init__()
         self.beta = beta
         self.loss_fn = loss or Sigmoid()
+        self.precompute_reference = precompute_reference
+        self.reference_table: dict[str, torch.Tensor] | None = None
         self.val = torch.nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in self.METRICS})
+
+    answer_logps = staticmethod(answer_logps)
+
+    def callbacks(self) -> list[Callback]:
+        from ftlab.callbacks.reference_cache import ReferenceCache
+
+        return [ReferenceCache(self)] if self.precompute_reference else []
+
+    def reference_logps(self, ctx: StepContext, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference_table is not None:
+            rows = self.reference_table["train" if self.training else "val"][batch.index]
+            return rows[:, 0], rows[:, 1]
+        with ctx.reference() as reference:
+            return answer_logps(reference, batch)
 
     def compute(self, ctx: StepContext, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
         chosen, rejected = answer_logps(ctx.model, batch)
-        with ctx.reference() as reference:
-            ref_chosen, ref_rejected = answer_logps(reference, batch)
+        ref_chosen, ref_rejected = self.reference_logps(ctx, batch)
         h = preference_logits(chosen, rejected, ref_chosen, ref_rejected)
         reward_chosen = self.beta * (chosen - ref_chosen).detach()
         reward_rejected = self.beta * (rejected - ref_rejected).detach()

@@ -15,7 +15,14 @@ from tests.conftest import REPO
 EXPERIMENTS = REPO / "experiments"
 QUICKSTART = EXPERIMENTS / "quickstart.yaml"
 ALL = sorted(p.relative_to(EXPERIMENTS).as_posix() for p in EXPERIMENTS.rglob("*.yaml"))
-COMPANIONS = {"objectives/classification.yaml": ["data/sst2.yaml"]}  # an objective that needs its kind of data
+# an objective needs its kind of data, and preference data an objective that reads it
+COMPANIONS = {
+    "objectives/classification.yaml": ["data/sst2.yaml"],
+    "objectives/dpo.yaml": ["data/preference_example.yaml"],
+    "objectives/reward.yaml": ["data/preference_example.yaml"],
+    "data/preference_example.yaml": ["objectives/dpo.yaml"],
+    "data/hh_rlhf.yaml": ["objectives/reward.yaml"],
+}
 
 
 def test_every_component_has_its_yaml() -> None:

@@ -1,0 +1,53 @@
+"""ReferenceCache: reference log-probabilities computed once before training, kept in the run folder.
+
+DPO's reference model never changes, so its answer log-probabilities can be computed in one pass over
+the data instead of one extra forward pass per step. They are saved to
+`<run folder>/reference_logps.safetensors` (atomically) and read back on resume. Every rank computes
+the whole table (one pass, no communication), keyed by each pair's index in its split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ftlab import runfolder
+
+FILE = "reference_logps.safetensors"
+
+
+class ReferenceCache(pl.Callback):
+    def __init__(self, objective: Any) -> None:
+        self.objective = objective
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        path = Path(trainer.default_root_dir) / FILE
+        if path.is_file():
+            table = runfolder.load_weights(path)
+        else:
+            with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed from the global RNG
+                table = self.compute(trainer, pl_module)
+            if trainer.is_global_zero:
+                runfolder.save_weights(path, table)
+        self.objective.reference_table = {k: v.to(pl_module.device) for k, v in table.items()}
+
+    def compute(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, torch.Tensor]:
+        table: dict[str, torch.Tensor] = {}
+        datamodule = trainer.datamodule
+        for split, dataset in (("train", datamodule.train_set), ("val", datamodule.val_set)):
+            if not dataset:
+                continue
+            # in order; with fork_rng above, training then sees the data exactly as it would have
+            loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=datamodule.collate)
+            values = torch.full((len(dataset), 2), float("nan"))
+            for batch in loader:
+                batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                with pl_module.reference() as reference:
+                    chosen, rejected = self.objective.answer_logps(reference, batch)
+                values[batch.index.cpu()] = torch.stack([chosen, rejected], dim=1).float().cpu()
+            table[split] = values
+        return table
