@@ -7,7 +7,8 @@ field by field (tensors move, ints stay).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -75,3 +76,25 @@ class PreferenceBatch:
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+
+@dataclass
+class PromptBatch:
+    """Prompts to sample answers for, in online RL (GRPO, PPO).
+
+    Shapes: input_ids and attention_mask are [B, P], LEFT-padded, so that generated tokens follow
+    every prompt at the same position. `prompts` holds each prompt's text as the model sees it
+    (after the chat template), `columns` the other fields of the rows (e.g. `answer` for GSM8K), each a
+    list aligned with the batch, for reward functions. `index` [B] is each prompt's position in its split.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    index: torch.Tensor
+    prompts: list[str] = field(default_factory=list)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    num_tokens: int = 0
+    """Non-padding prompt tokens in the batch (counted on the host at collate time)."""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
