@@ -9,6 +9,7 @@ from the method's parameter groups, and saves trainable weights only.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,8 @@ class FineTuneModule(pl.LightningModule):
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
         self.strict_loading = False  # checkpoints hold trainable weights only; keys are checked below
+        # online RL runs several optimizer steps per batch (rollouts, then updates): the module steps itself
+        self.automatic_optimization = not objective.needs_rollouts
 
     # --- building
     def configure_model(self) -> None:
@@ -122,26 +125,55 @@ class FineTuneModule(pl.LightningModule):
             self.model.train(was_training)
 
     def context(self) -> StepContext:
-        return StepContext(model=self.model, reference=self.reference)
+        return StepContext(model=self.model, reference=self.reference, tokenizer=self.tokenizer)
 
     # --- steps
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, metrics = self.objective.training_step(self.context(), batch)
+    def _checked(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
         if not torch.isfinite(loss):
             raise FTLabError(
                 f"the training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
                 "lower the learning rate or check the data"
             )
+        return loss
+
+    def _log_train(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in metrics.items():
             self.log(
-                f"train/{name}",
-                value,
-                on_step=True,
-                on_epoch=False,
-                prog_bar=name == "loss",
-                batch_size=len(batch),
+                f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=batch_size
             )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if not self.automatic_optimization:
+            return self._rollout_step(batch, batch_idx)
+        loss, metrics = self.objective.training_step(self.context(), batch)
+        self._checked(loss, batch_idx)
+        self._log_train(metrics, len(batch))
         return loss
+
+    def _rollout_step(self, batch: Any, batch_idx: int) -> None:
+        """Online RL: rollouts from this batch, then the objective's updates, each one optimizer step."""
+        started = time.perf_counter()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        buffer, metrics = self.objective.make_rollouts(self.context(), batch)
+        updates: list[dict[str, torch.Tensor]] = []
+        for minibatch in self.objective.minibatches(buffer):
+            loss, step_metrics = self.objective.training_step(self.context(), minibatch)
+            optimizer.zero_grad()
+            self.manual_backward(self._checked(loss, batch_idx))
+            if self.objective.max_grad_norm:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.objective.max_grad_norm, gradient_clip_algorithm="norm"
+                )
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            updates.append(step_metrics)
+        for name in updates[0]:
+            metrics[name] = torch.stack([u[name] for u in updates]).mean()
+        generating = metrics.pop("perf/generate_seconds", None)
+        if generating is not None:
+            metrics["perf/generation_share"] = generating / max(time.perf_counter() - started, 1e-9)
+        self._log_train(metrics, len(batch))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         metrics = self.objective.validation_step(self.context(), batch)

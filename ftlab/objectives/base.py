@@ -10,7 +10,7 @@ pure functions beside each objective, tested on hand-computed numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,6 +31,8 @@ class StepContext:
     model: nn.Module
     reference: Callable[[], AbstractContextManager[nn.Module]]
     """`with ctx.reference() as ref:` gives a model that computes the reference policy."""
+    tokenizer: Any = None
+    """The run's tokenizer (objectives that generate decode with it)."""
 
 
 class Objective(nn.Module):
@@ -41,6 +43,19 @@ class Objective(nn.Module):
     needs_reference: ClassVar[bool] = False
     has_head: ClassVar[bool] = False
     """The objective owns trainable parameters of its own (a classifier, a value head)."""
+    needs_rollouts: ClassVar[bool] = False
+    """Online RL: each batch is turned into rollouts (`make_rollouts`) and then into one or more
+    optimizer steps, one per item of `minibatches(rollouts)`; the module runs those steps."""
+    max_grad_norm: float | None = None
+    """Gradient-norm clipping the module applies to each of the objective's own optimizer steps."""
+
+    def make_rollouts(self, ctx: StepContext, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Sample, score and prepare what the updates need, without gradients: (buffer, metrics)."""
+        raise NotImplementedError
+
+    def minibatches(self, buffer: Any) -> Iterator[Any]:
+        """The minibatches of one batch's updates (several epochs over the buffer for PPO)."""
+        raise NotImplementedError
 
     def check_data(self, datamodule: Any) -> None:
         """Called at setup, after the data is read and before the model loads: refuse data this

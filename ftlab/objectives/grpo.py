@@ -1,0 +1,148 @@
+"""Group Relative Policy Optimization (Shao et al., 2024, DeepSeekMath).
+
+For each prompt, G completions are sampled; their rewards minus the group mean (divided by the
+group's std unless `scale_rewards` is off, as Dr. GRPO) are every token's advantage. The loss is
+PPO's clipped surrogate on the ratio to the sampling policy (ε_low, ε_high as DAPO's clip-higher),
+plus β · KL(π‖π_ref) with the k3 estimator; β = 0 computes no reference at all. Each rollout batch
+is used for `updates_per_batch` (μ) optimizer steps; with μ = 1 the sampling policy is the current
+one, so its log-probabilities are the detached current ones and cost no extra pass.
+
+Simplifications against the paper: outcome rewards only (no process supervision), the reference
+is the model at the start of the run (never refreshed), and one rollout batch per optimizer step
+group (no replay across batches).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from ftlab.batches import PromptBatch
+from ftlab.objectives.base import Metrics, Objective, StepContext
+from ftlab.objectives.rl_math import aggregate, clipped_policy_loss, group_advantages, k3_kl, masked_mean
+from ftlab.objectives.rollouts import Rollout, completion_logps, sample
+from ftlab.rewards.sources import RewardSource, total_reward
+
+
+@dataclass
+class GRPOBuffer:
+    rollout: Rollout
+    advantages: torch.Tensor  # [N]
+    old_logps: torch.Tensor | None  # [N, C]; None: the current policy sampled (μ = 1)
+    ref_logps: torch.Tensor | None  # [N, C]; None when β = 0
+
+
+class GRPO(Objective):
+    """GRPO with verifiable rewards (functions) or a reward model.
+
+    Args:
+        rewards: Reward sources, summed with their weights (FunctionReward, ModelReward).
+        num_generations: G, completions sampled per prompt.
+        max_new_tokens: Longest completion.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold.
+        beta: KL coefficient to the reference (0: no reference pass at all).
+        epsilon: Lower clip ε_low of the ratio.
+        epsilon_high: Upper clip ε_high (default: epsilon).
+        scale_rewards: Divide group-centred rewards by the group's std (off: Dr. GRPO).
+        loss_level: token (average over all completion tokens of the batch) or sequence (per sequence, then mean).
+        updates_per_batch: μ, optimizer steps per rollout batch.
+        max_grad_norm: Gradient-norm clipping of each update.
+    """
+
+    batch_type: ClassVar[type] = PromptBatch
+    needs_rollouts: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        rewards: list[RewardSource],
+        num_generations: int = 4,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        beta: float = 0.04,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        scale_rewards: bool = True,
+        loss_level: Literal["token", "sequence"] = "token",
+        updates_per_batch: int = 1,
+        max_grad_norm: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        from ftlab.errors import FTLabError
+
+        if not rewards:
+            raise FTLabError("GRPO needs at least one reward source")
+        if num_generations < 2:
+            raise FTLabError(
+                f"GRPO num_generations must be at least 2 to compare within a group, got {num_generations}"
+            )
+        self.rewards = list(rewards)
+        self.num_generations = num_generations
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.beta = beta
+        self.needs_reference = beta > 0  # type: ignore[misc]  # per instance: β = 0 needs no reference
+        self.epsilon = epsilon
+        self.epsilon_high = epsilon if epsilon_high is None else epsilon_high
+        self.scale_rewards = scale_rewards
+        self.loss_level = loss_level
+        self.updates_per_batch = updates_per_batch
+        self.max_grad_norm = max_grad_norm
+
+    def rollout(self, ctx: StepContext, batch: PromptBatch, num_samples: int) -> tuple[Rollout, float]:
+        started = time.perf_counter()
+        rollout = sample(
+            ctx.model, ctx.tokenizer, batch, num_samples, self.max_new_tokens, self.temperature, self.top_p
+        )
+        return rollout, time.perf_counter() - started
+
+    def make_rollouts(self, ctx: StepContext, batch: PromptBatch) -> tuple[GRPOBuffer, dict[str, torch.Tensor]]:
+        rollout, seconds = self.rollout(ctx, batch, self.num_generations)
+        device = rollout.sequences.device
+        rewards, parts = total_reward(self.rewards, rollout, device)
+        advantages = group_advantages(rewards, self.num_generations, scale=self.scale_rewards)
+        with torch.no_grad():
+            old = completion_logps(ctx.model, rollout)[0] if self.updates_per_batch > 1 else None
+            ref = None
+            if self.beta > 0:
+                with ctx.reference() as reference:
+                    ref = completion_logps(reference, rollout)[0]
+        groups = rewards.view(-1, self.num_generations)
+        metrics = {
+            "reward": rewards.mean(),
+            "reward_std": rewards.std(),
+            "reward_group_std": groups.std(dim=1).mean(),
+            "completion_length": rollout.completion_mask.sum(-1).mean(),
+            "perf/generate_seconds": torch.tensor(seconds),
+            **parts,
+        }
+        return GRPOBuffer(rollout, advantages, old, ref), metrics
+
+    def minibatches(self, buffer: GRPOBuffer) -> Iterator[GRPOBuffer]:
+        for _ in range(self.updates_per_batch):
+            yield buffer
+
+    def training_step(self, ctx: StepContext, buffer: GRPOBuffer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logps, entropy, _ = completion_logps(ctx.model, buffer.rollout)
+        mask = buffer.rollout.completion_mask
+        old = buffer.old_logps if buffer.old_logps is not None else logps.detach()
+        per_token, clipped = clipped_policy_loss(logps, old, buffer.advantages, self.epsilon, self.epsilon_high)
+        metrics = {"clip_fraction": masked_mean(clipped, mask), "entropy": masked_mean(entropy, mask)}
+        if buffer.ref_logps is not None:
+            kl = k3_kl(logps, buffer.ref_logps)
+            per_token = per_token + self.beta * kl
+            metrics["kl"] = masked_mean(kl.detach(), mask)
+        loss = aggregate(per_token, mask, self.loss_level)
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    def validation_step(self, ctx: StepContext, batch: PromptBatch) -> Metrics:
+        rollout, _ = self.rollout(ctx, batch, 1)
+        rewards, parts = total_reward(self.rewards, rollout, rollout.sequences.device)
+        return {"reward": rewards.mean(), "completion_length": rollout.completion_mask.sum(-1).mean(), **parts}

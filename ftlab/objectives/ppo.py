@@ -1,0 +1,193 @@
+"""PPO for language models from rewards (Schulman et al., 2017; as used for RLHF by Ziegler et al., 2019
+and Ouyang et al., 2022).
+
+One completion per prompt is sampled; the score of the reward sources is given at the completion's
+last token, and every token pays −β · (log π_old − log π_ref) (the per-token KL penalty of the
+InstructGPT recipe; β fixed, or adaptive toward a target KL). A value head on the shared backbone
+estimates each token's value; GAE(γ, λ) gives advantages (whitened) and returns; then `epochs` passes
+of shuffled minibatches update the policy with the clipped surrogate and the value head with the
+clipped value loss. A separate critic network is not offered here: the value head shares the policy's
+backbone (and its method's trainable weights).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ftlab.batches import PromptBatch
+from ftlab.errors import FTLabError
+from ftlab.models.heads import ClassifierHead
+from ftlab.objectives.base import Metrics, Objective, StepContext
+from ftlab.objectives.rl_math import (
+    AdaptiveKL,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    masked_mean,
+    masked_whiten,
+)
+from ftlab.objectives.rollouts import Rollout, completion_logps, sample
+from ftlab.rewards.sources import RewardSource, total_reward
+
+
+@dataclass
+class PPOBuffer:
+    rollout: Rollout
+    old_logps: torch.Tensor  # [N, C]
+    old_values: torch.Tensor  # [N, C]
+    advantages: torch.Tensor  # [N, C]
+    returns: torch.Tensor  # [N, C]
+
+    def select(self, rows: torch.Tensor) -> PPOBuffer:
+        return PPOBuffer(
+            self.rollout.select(rows),
+            self.old_logps[rows],
+            self.old_values[rows],
+            self.advantages[rows],
+            self.returns[rows],
+        )
+
+
+class PPO(Objective):
+    """PPO with a value head, GAE and a per-token KL penalty to the reference.
+
+    Args:
+        rewards: Reward sources, summed with their weights (a reward model and/or functions).
+        max_new_tokens: Longest completion.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold.
+        kl_coef: β of the per-token KL penalty (0: no reference pass).
+        kl_target: If set, adapt β toward this KL per sequence (Ziegler et al.); None keeps β fixed.
+        kl_horizon: Samples over which the adaptive β reacts.
+        gamma: Discount γ.
+        lam: GAE λ.
+        clip: Policy ratio clip ε.
+        value_clip: Value clip around the old values.
+        vf_coef: Weight of the value loss.
+        epochs: Passes over each rollout buffer.
+        minibatch_size: Sequences per update (default: the whole buffer).
+        whiten_advantages: Normalise advantages over the buffer.
+        max_grad_norm: Gradient-norm clipping of each update.
+    """
+
+    batch_type: ClassVar[type] = PromptBatch
+    needs_rollouts: ClassVar[bool] = True
+    has_head: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        rewards: list[RewardSource],
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        kl_coef: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: float = 10000.0,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        clip: float = 0.2,
+        value_clip: float = 0.2,
+        vf_coef: float = 0.1,
+        epochs: int = 4,
+        minibatch_size: int | None = None,
+        whiten_advantages: bool = True,
+        max_grad_norm: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        if not rewards:
+            raise FTLabError("PPO needs at least one reward source")
+        self.rewards = list(rewards)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.kl = AdaptiveKL(kl_coef, kl_target, kl_horizon) if kl_target is not None else None
+        self.kl_coef = kl_coef
+        self.needs_reference = kl_coef > 0  # type: ignore[misc]
+        self.gamma, self.lam = gamma, lam
+        self.clip, self.value_clip, self.vf_coef = clip, value_clip, vf_coef
+        self.epochs = epochs
+        self.minibatch_size = minibatch_size
+        self.whiten_advantages = whiten_advantages
+        self.max_grad_norm = max_grad_norm
+        self.value_head: nn.Module | None = None
+
+    def setup_model(self, model: nn.Module) -> None:
+        if self.value_head is None:
+            hidden = model.config.get_text_config().hidden_size
+            self.value_head = ClassifierHead(hidden, 1).to(next(model.parameters()).device)
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = next(self.value_head.parameters())
+        return self.value_head(hidden.to(weight.dtype)).squeeze(-1).float()
+
+    def make_rollouts(self, ctx: StepContext, batch: PromptBatch) -> tuple[PPOBuffer, dict[str, torch.Tensor]]:
+        started = time.perf_counter()
+        rollout = sample(ctx.model, ctx.tokenizer, batch, 1, self.max_new_tokens, self.temperature, self.top_p)
+        seconds = time.perf_counter() - started
+        mask = rollout.completion_mask
+        scores, parts = total_reward(self.rewards, rollout, mask.device)
+        with torch.no_grad():
+            old_logps, _, hidden = completion_logps(ctx.model, rollout, hidden=True)
+            old_values = self.values(hidden) * mask
+            kl = torch.zeros_like(old_logps)
+            if self.needs_reference:
+                with ctx.reference() as reference:
+                    kl = (old_logps - completion_logps(reference, rollout)[0]) * mask
+        coef = self.kl.value if self.kl is not None else self.kl_coef
+        rewards = -coef * kl
+        last = (mask.sum(-1).long() - 1).clamp(min=0)  # the score arrives with the last completion token
+        rewards[torch.arange(len(last)), last] += scores
+        advantages, returns = gae(rewards, old_values, mask, self.gamma, self.lam)
+        if self.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        kl_per_sequence = kl.sum(-1).mean()
+        if self.kl is not None:
+            self.kl.update(float(kl_per_sequence), len(last))
+        metrics = {
+            "reward": scores.mean(),
+            "reward_std": scores.std() if len(scores) > 1 else torch.zeros(()),
+            "kl": kl_per_sequence,
+            "kl_coef": torch.tensor(coef),
+            "completion_length": mask.sum(-1).mean(),
+            "perf/generate_seconds": torch.tensor(seconds),
+            **parts,
+        }
+        return PPOBuffer(rollout, old_logps, old_values, advantages, returns), metrics
+
+    def minibatches(self, buffer: PPOBuffer) -> Iterator[PPOBuffer]:
+        n = buffer.old_logps.shape[0]
+        size = self.minibatch_size or n
+        for _ in range(self.epochs):
+            order = torch.randperm(n, device=buffer.old_logps.device)
+            for start in range(0, n, size):
+                yield buffer.select(order[start : start + size])
+
+    def training_step(self, ctx: StepContext, buffer: PPOBuffer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logps, entropy, hidden = completion_logps(ctx.model, buffer.rollout, hidden=True)
+        values = self.values(hidden)
+        mask = buffer.rollout.completion_mask
+        policy, clipped = clipped_policy_loss(logps, buffer.old_logps, buffer.advantages, self.clip, self.clip)
+        value = clipped_value_loss(values, buffer.old_values, buffer.returns, self.value_clip)
+        policy_loss, value_loss = masked_mean(policy, mask), masked_mean(value, mask)
+        loss = policy_loss + self.vf_coef * value_loss
+        return loss, {
+            "loss": loss.detach(),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "clip_fraction": masked_mean(clipped, mask),
+            "entropy": masked_mean(entropy, mask),
+            "approx_kl": masked_mean(0.5 * (logps.detach() - buffer.old_logps) ** 2, mask),
+            "explained_variance": explained_variance(values.detach(), buffer.returns, mask),
+        }
+
+    def validation_step(self, ctx: StepContext, batch: PromptBatch) -> Metrics:
+        rollout = sample(ctx.model, ctx.tokenizer, batch, 1, self.max_new_tokens, self.temperature, self.top_p)
+        scores, parts = total_reward(self.rewards, rollout, rollout.sequences.device)
+        return {"reward": scores.mean(), "completion_length": rollout.completion_mask.sum(-1).mean(), **parts}

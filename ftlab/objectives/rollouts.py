@@ -1,0 +1,124 @@
+"""Sampling completions for online RL, and the per-token log-probabilities of those completions.
+
+`sample` runs transformers' `generate` (KV cache, sampling with temperature/top-p, no top-k unless
+asked, stop at EOS) without gradients and without dropout on left-padded prompts; each prompt's G
+samples are adjacent. A completion's mask covers its tokens up to and including the first EOS;
+what follows is replaced by padding. `completion_logps` recomputes log π(token) for those tokens
+with position ids taken from the attention mask, as `generate` does, so left padding does not shift
+positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from ftlab.batches import PromptBatch
+
+
+@dataclass
+class Rollout:
+    """Sampled completions. sequences/attention_mask [N, P + C]; completion_mask [N, C] (float 0/1)."""
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_length: int
+    prompts: list[str]
+    completions: list[str]
+    completion_ids: list[list[int]]
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length :]
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The rollout restricted to `rows` (a minibatch)."""
+        picked = rows.tolist()
+        return Rollout(
+            sequences=self.sequences[rows],
+            attention_mask=self.attention_mask[rows],
+            completion_mask=self.completion_mask[rows],
+            prompt_length=self.prompt_length,
+            prompts=[self.prompts[i] for i in picked],
+            completions=[self.completions[i] for i in picked],
+            completion_ids=[self.completion_ids[i] for i in picked],
+            columns={k: [v[i] for i in picked] for k, v in self.columns.items()},
+        )
+
+
+def sample(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: PromptBatch,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+) -> Rollout:
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=num_samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=config
+            )
+    finally:
+        model.train(was_training)
+    prompt_length = batch.input_ids.shape[1]
+    completions = out[:, prompt_length:]
+    eos = completions == tokenizer.eos_token_id
+    width = completions.shape[1]
+    first_eos = torch.where(eos.any(1), eos.float().argmax(1), torch.full_like(eos[:, 0], width, dtype=torch.long))
+    mask = (torch.arange(width, device=out.device)[None, :] <= first_eos[:, None]).long()
+    completions = torch.where(mask.bool(), completions, torch.full_like(completions, tokenizer.pad_token_id))
+    prompt_mask = batch.attention_mask.repeat_interleave(num_samples, dim=0)
+    ids = [row[m.bool()].tolist() for row, m in zip(completions, mask, strict=True)]
+    return Rollout(
+        sequences=torch.cat([batch.input_ids.repeat_interleave(num_samples, dim=0), completions], dim=1),
+        attention_mask=torch.cat([prompt_mask, mask], dim=1),
+        completion_mask=mask.float(),
+        prompt_length=prompt_length,
+        prompts=[p for p in batch.prompts for _ in range(num_samples)],
+        completions=tokenizer.batch_decode(ids, skip_special_tokens=True),
+        completion_ids=ids,
+        columns={k: [v for v in values for _ in range(num_samples)] for k, values in batch.columns.items()},
+    )
+
+
+def completion_logps(
+    model: nn.Module, rollout: Rollout, hidden: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(log π(token) [N, C], entropy [N, C] without gradient, last hidden state before each token [N, C, H] or None)."""
+    ids, mask = rollout.sequences, rollout.attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, output_hidden_states=hidden
+    )
+    start, width = rollout.prompt_length - 1, ids.shape[1] - rollout.prompt_length
+    logits = out.logits[:, -ids.shape[1] :][:, start : start + width].float()  # position t predicts token t + 1
+    targets = rollout.completion_tokens
+    logps = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    with torch.no_grad():
+        probs = logits.softmax(-1)
+        entropy = torch.logsumexp(logits, -1) - (probs * logits).sum(-1)
+    states = out.hidden_states[-1][:, -ids.shape[1] :][:, start : start + width] if hidden else None
+    return logps.view(targets.shape), entropy, states

@@ -1,0 +1,133 @@
+"""Reward sources for online RL, combined with weights: Python functions and trained reward models.
+
+A function is named in YAML by import path (or as a callable class with init_args) and called as
+`fn(prompts=..., completions=..., completion_ids=..., **columns) -> list[float]` with one value per
+completion, columns being the prompt rows' other fields (e.g. `answer`). A reward model is a run
+folder trained with `ftlab.objectives.Reward`: it scores prompt + completion text with its own
+tokenizer, on the policy's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftlab.errors import FTLabError
+
+
+class RewardSource:
+    """Base of reward sources: `score(rollout, device) -> [N]`, weighted by `weight`."""
+
+    def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
+        self.weight = weight
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name or type(self).__name__
+
+    def score(self, rollout: Any, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FunctionReward(RewardSource):
+    """A reward function of the completions.
+
+    Args:
+        function: Import path of `fn(prompts, completions, completion_ids, **columns) -> list[float]`.
+        weight: Weight of this reward in the sum.
+        name: Name in the logs (default: the function's name).
+    """
+
+    def __init__(self, function: Callable[..., list[float]], weight: float = 1.0, name: str | None = None) -> None:
+        super().__init__(weight, name or getattr(function, "__name__", type(function).__name__))
+        self.function = function
+
+    def score(self, rollout: Any, device: torch.device) -> torch.Tensor:
+        values = self.function(
+            prompts=rollout.prompts,
+            completions=rollout.completions,
+            completion_ids=rollout.completion_ids,
+            **rollout.columns,
+        )
+        if len(values) != len(rollout.completions):
+            raise FTLabError(
+                f"reward {self.name} returned {len(values)} values for {len(rollout.completions)} completions"
+            )
+        bad = next((v for v in values if not math.isfinite(float(v))), None)
+        if bad is not None:
+            raise FTLabError(f"reward {self.name} returned a non-finite value ({bad})")
+        return torch.tensor([float(v) for v in values], device=device)
+
+
+class ModelReward(RewardSource):
+    """A reward model trained by ftlab (`ftlab.objectives.Reward`), loaded from its run folder.
+
+    Args:
+        run_dir: The reward model's run folder (config.yaml and trainable.safetensors).
+        weight: Weight of this reward in the sum.
+        name: Name in the logs.
+        batch_size: Sequences scored per forward pass.
+        max_length: Longest prompt + completion scored (cut from the left).
+    """
+
+    def __init__(
+        self, run_dir: str, weight: float = 1.0, name: str | None = None, batch_size: int = 16, max_length: int = 1024
+    ) -> None:
+        super().__init__(weight, name or "reward_model")
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "config.yaml").is_file():
+            raise FTLabError(f"reward model folder {run_dir} has no config.yaml: name a finished Reward run")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._module: Any = None
+
+    def module(self, device: torch.device) -> Any:
+        if self._module is None:
+            from ftlab.export import load_run
+
+            module = load_run(self.run_dir)
+            if not hasattr(module.objective, "score"):
+                raise FTLabError(f"{self.run_dir} is a {module.objective.name} run, not a reward model")
+            self._module = module.requires_grad_(False)
+        return self._module.to(device)
+
+    def score(self, rollout: Any, device: torch.device) -> torch.Tensor:
+        module = self.module(device)
+        tok = module.tokenizer
+        texts = [p + c for p, c in zip(rollout.prompts, rollout.completions, strict=True)]
+        scores = []
+        side = tok.truncation_side
+        tok.truncation_side = "left"
+        try:
+            for i in range(0, len(texts), self.batch_size):
+                enc = tok(
+                    texts[i : i + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    add_special_tokens=False,
+                ).to(device)
+                with torch.no_grad():
+                    scores.append(module.objective.score(module.model, enc["input_ids"], enc["attention_mask"]))
+        finally:
+            tok.truncation_side = side
+        return torch.cat(scores)
+
+
+def total_reward(
+    sources: list[RewardSource], rollout: Any, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Σ weight · score over the sources [N], and each source's mean score for the logs."""
+    total = torch.zeros(len(rollout.completions), device=device)
+    parts = {}
+    for source in sources:
+        values = source.score(rollout, device)
+        total = total + source.weight * values
+        parts[f"reward/{source.name}"] = values.mean()
+    return total, parts
