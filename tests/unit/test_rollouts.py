@@ -1,0 +1,84 @@
+"""Sampling and scoring completions: EOS masks, left padding, group layout, reward sources."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ftlab.batches import PromptBatch
+from ftlab.errors import FTLabError
+from ftlab.objectives.rollouts import Rollout, completion_logps, sample
+from ftlab.rewards.sources import FunctionReward, total_reward
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return tiny_llama.load_model(AutoModelForCausalLM).eval()
+
+
+def prompts(tokenizer, texts: list[str]) -> PromptBatch:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = side
+    return PromptBatch(enc["input_ids"], enc["attention_mask"], torch.arange(len(texts)), prompts=texts,
+                       columns={"answer": [str(i) for i in range(len(texts))]})
+
+
+def test_samples_are_grouped_and_masked_after_eos(llama, tokenizer) -> None:
+    torch.manual_seed(0)
+    batch = prompts(tokenizer, ["hello there friend", "a"])
+    rollout = sample(llama, tokenizer, batch, num_samples=3, max_new_tokens=6)
+    assert rollout.sequences.shape[0] == 6 and rollout.prompts == ["hello there friend"] * 3 + ["a"] * 3
+    assert rollout.columns == {"answer": ["0", "0", "0", "1", "1", "1"]}
+    assert torch.equal(rollout.sequences[:3, : rollout.prompt_length], batch.input_ids[[0, 0, 0]])
+    for row, ids in enumerate(rollout.completion_ids):
+        assert len(ids) == int(rollout.completion_mask[row].sum())
+        assert tokenizer.eos_token_id not in ids[:-1]  # nothing after the first EOS is kept
+
+
+def test_forced_eos_masks_the_rest() -> None:
+    # a hand-made rollout: completion (5, EOS=2, 7) keeps 5 and EOS, drops 7 from the mask
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    rollout = Rollout(torch.tensor([[9, 5, 2, 0]]), torch.tensor([[1, 1, 1, 0]]), mask, 1, ["p"], ["c"], [[5, 2]])
+    assert rollout.completion_tokens.tolist() == [[5, 2, 0]]
+    assert rollout.select(torch.tensor([0])).completion_ids == [[5, 2]]
+
+
+def test_left_padding_does_not_change_log_probs(llama, tokenizer) -> None:
+    torch.manual_seed(0)
+    batch = prompts(tokenizer, ["hello there friend, how are you", "a"])
+    rollout = sample(llama, tokenizer, batch, num_samples=1, max_new_tokens=5)
+    with torch.no_grad():
+        logps, entropy, _ = completion_logps(llama, rollout)
+        # row 1 again without its left padding
+        keep = rollout.attention_mask[1].bool()
+        alone = Rollout(rollout.sequences[1:, keep], rollout.attention_mask[1:, keep], rollout.completion_mask[1:],
+                        int(batch.attention_mask[1].sum()), ["a"], rollout.completions[1:], rollout.completion_ids[1:])
+        single, _, _ = completion_logps(llama, alone)
+    mask = rollout.completion_mask[1].bool()
+    torch.testing.assert_close(logps[1][mask], single[0][mask], rtol=1e-4, atol=1e-4)
+    assert (entropy >= 0).all() and (logps <= 0).all()
+
+
+def test_reward_sources_weigh_and_check(tokenizer) -> None:
+    rollout = Rollout(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), torch.ones(2, 2), 1, ["p", "q"],
+                      ["yes", "no"], [[1], [2]], {"answer": ["yes", "yes"]})
+
+    def exact(prompts, completions, completion_ids, answer, **_) -> list[float]:
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    def length(prompts, completions, completion_ids, **_) -> list[float]:
+        return [len(c) for c in completions]
+
+    total, parts = total_reward([FunctionReward(exact, weight=2.0), FunctionReward(length, weight=0.5)], rollout,
+                                torch.device("cpu"))
+    assert total.tolist() == [2.0 + 1.5, 0.0 + 1.0] and parts["reward/exact"].item() == 0.5
+    with pytest.raises(FTLabError, match="reward broken returned 1 values for 2 completions"):
+        FunctionReward(lambda **_: [1.0], name="broken").score(rollout, torch.device("cpu"))
+    with pytest.raises(FTLabError, match=r"returned a non-finite value \(nan\)"):
+        FunctionReward(lambda **_: [1.0, float("nan")]).score(rollout, torch.device("cpu"))
