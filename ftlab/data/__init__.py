@@ -2,14 +2,18 @@
 
 from ftlab.data.base import FineTuneDataModule
 from ftlab.data.classification import ClassificationDataModule
+from ftlab.data.gsm8k import GSM8KDataModule
 from ftlab.data.hh_rlhf import HHRLHFDataModule
 from ftlab.data.preference import PreferenceDataModule
+from ftlab.data.prompts import PromptDataModule
 from ftlab.data.sft import SFTDataModule
 
 __all__ = [
     "ClassificationDataModule",
     "FineTuneDataModule",
+    "GSM8KDataModule",
     "HHRLHFDataModule",
     "PreferenceDataModule",
+    "PromptDataModule",
     "SFTDataModule",
 ]

@@ -3,7 +3,9 @@
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.objectives.classification import Classification
 from ftlab.objectives.dpo import DPO
+from ftlab.objectives.grpo import GRPO
+from ftlab.objectives.ppo import PPO
 from ftlab.objectives.reward import Reward
 from ftlab.objectives.sft import SFT
 
-__all__ = ["DPO", "SFT", "Classification", "Objective", "Reward", "StepContext"]
+__all__ = ["DPO", "GRPO", "PPO", "SFT", "Classification", "Objective", "Reward", "StepContext"]

@@ -22,6 +22,10 @@ COMPANIONS = {
     "objectives/reward.yaml": ["data/preference_example.yaml"],
     "data/preference_example.yaml": ["objectives/dpo.yaml"],
     "data/hh_rlhf.yaml": ["objectives/reward.yaml"],
+    "data/gsm8k.yaml": ["objectives/grpo.yaml"],
+    "data/synthetic_prompts.yaml": ["objectives/grpo.yaml"],
+    "objectives/grpo.yaml": ["data/synthetic_prompts.yaml"],
+    "objectives/ppo.yaml": ["data/synthetic_prompts.yaml"],
 }
 
 
