@@ -25,21 +25,9 @@ from torchmetrics import MeanMetric
 
 from ftlab.batches import PreferenceBatch
 from ftlab.objectives.base import Metrics, Objective, StepContext
+from ftlab.objectives.token_logps import labelled_logits, sequence_logps
 
-IGNORE = -100
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Σ_t log p(labels[t+1] | ≤ t) over the labelled tokens of each row: logits [N, T, V], labels [N, T] -> [N]."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    token_nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="none",
-    )
-    return -token_nll.view(shift_labels.shape).sum(-1)
+__all__ = ["DPO", "IPO", "PreferenceLoss", "Sigmoid", "preference_logits", "sequence_logps"]
 
 
 def preference_logits(
@@ -80,8 +68,8 @@ class IPO(PreferenceLoss):
 
 def answer_logps(model: torch.nn.Module, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probabilities of the chosen and rejected halves, one forward pass: ([B], [B])."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logps = sequence_logps(out.logits[:, -batch.input_ids.shape[1] :], batch.labels)
+    logits, labels = labelled_logits(model, batch.input_ids, batch.labels, attention_mask=batch.attention_mask)
+    logps = sequence_logps(logits, labels)
     return logps[: len(batch)], logps[len(batch) :]
 
 

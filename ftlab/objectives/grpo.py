@@ -108,11 +108,11 @@ class GRPO(Objective):
         rewards, parts = total_reward(self.rewards, rollout, device)
         advantages = group_advantages(rewards, self.num_generations, scale=self.scale_rewards)
         with torch.no_grad():
-            old = completion_logps(ctx.model, rollout)[0] if self.updates_per_batch > 1 else None
+            old = completion_logps(ctx.model, rollout, entropy=False)[0] if self.updates_per_batch > 1 else None
             ref = None
             if self.beta > 0:
                 with ctx.reference() as reference:
-                    ref = completion_logps(reference, rollout)[0]
+                    ref = completion_logps(reference, rollout, entropy=False)[0]
         groups = rewards.view(-1, self.num_generations)
         metrics = {
             "reward": rewards.mean(),

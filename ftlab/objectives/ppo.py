@@ -134,12 +134,12 @@ class PPO(Objective):
         mask = rollout.completion_mask
         scores, parts = total_reward(self.rewards, rollout, mask.device)
         with torch.no_grad():
-            old_logps, _, hidden = completion_logps(ctx.model, rollout, hidden=True)
+            old_logps, _, hidden = completion_logps(ctx.model, rollout, hidden=True, entropy=False)
             old_values = self.values(hidden) * mask
             kl = torch.zeros_like(old_logps)
             if self.needs_reference:
                 with ctx.reference() as reference:
-                    kl = (old_logps - completion_logps(reference, rollout)[0]) * mask
+                    kl = (old_logps - completion_logps(reference, rollout, entropy=False)[0]) * mask
         coef = self.kl.value if self.kl is not None else self.kl_coef
         rewards = -coef * kl
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # the score arrives with the last completion token

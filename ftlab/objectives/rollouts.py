@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
@@ -53,6 +52,14 @@ class Rollout:
         )
 
 
+def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS and the model's generation-config EOS ids
+    (chat models often stop on an end-of-turn token, e.g. Gemma's <end_of_turn>, Phi-3's <|end|>)."""
+    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(config_ids if isinstance(config_ids, list) else [config_ids])]
+    return sorted({i for i in ids if i is not None})
+
+
 def sample(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -63,6 +70,7 @@ def sample(
     top_p: float = 1.0,
     top_k: int = 0,
 ) -> Rollout:
+    stop = stop_ids(model, tokenizer)
     config = GenerationConfig(
         do_sample=True,
         temperature=temperature,
@@ -71,7 +79,7 @@ def sample(
         max_new_tokens=max_new_tokens,
         num_return_sequences=num_samples,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop,
         use_cache=True,
     )
     was_training = model.training
@@ -85,7 +93,7 @@ def sample(
         model.train(was_training)
     prompt_length = batch.input_ids.shape[1]
     completions = out[:, prompt_length:]
-    eos = completions == tokenizer.eos_token_id
+    eos = torch.isin(completions, torch.tensor(stop, device=completions.device))
     width = completions.shape[1]
     first_eos = torch.where(eos.any(1), eos.float().argmax(1), torch.full_like(eos[:, 0], width, dtype=torch.long))
     mask = (torch.arange(width, device=out.device)[None, :] <= first_eos[:, None]).long()
@@ -105,20 +113,27 @@ def sample(
 
 
 def completion_logps(
-    model: nn.Module, rollout: Rollout, hidden: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(log π(token) [N, C], entropy [N, C] without gradient, last hidden state before each token [N, C, H] or None)."""
+    model: nn.Module, rollout: Rollout, hidden: bool = False, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log π(token) [N, C], entropy [N, C] without gradient or None, last hidden state before each
+    token [N, C, H] or None). The head runs only on the C positions that predict completion tokens."""
     ids, mask = rollout.sequences, rollout.attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    width = ids.shape[1] - rollout.prompt_length
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, output_hidden_states=hidden
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=False,
+        output_hidden_states=hidden,
+        logits_to_keep=width + 1,
     )
-    start, width = rollout.prompt_length - 1, ids.shape[1] - rollout.prompt_length
-    logits = out.logits[:, -ids.shape[1] :][:, start : start + width].float()  # position t predicts token t + 1
-    targets = rollout.completion_tokens
-    logps = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    with torch.no_grad():
-        probs = logits.softmax(-1)
-        entropy = torch.logsumexp(logits, -1) - (probs * logits).sum(-1)
-    states = out.hidden_states[-1][:, -ids.shape[1] :][:, start : start + width] if hidden else None
-    return logps.view(targets.shape), entropy, states
+    logits = out.logits[:, -(width + 1) : -1].float()  # the position before each completion token predicts it
+    norm = torch.logsumexp(logits, dim=-1)
+    logps = logits.gather(-1, rollout.completion_tokens[..., None]).squeeze(-1) - norm
+    spread = None
+    if entropy:
+        with torch.no_grad():
+            spread = norm - (logits.softmax(-1) * logits).sum(-1)
+    states = out.hidden_states[-1][:, -(width + 1) : -1] if hidden else None
+    return logps, spread, states

@@ -10,26 +10,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from ftlab.batches import SFTBatch
 from ftlab.objectives.base import Metrics, Objective, StepContext
+from ftlab.objectives.token_logps import IGNORE, labelled_logits, masked_nll
 
-IGNORE = -100
-
-
-def masked_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token negative log-likelihood and the number of tokens it covers.
-
-    logits [B, T, V] at position t predict labels[:, t + 1]; labels equal to -100 are skipped.
-    Returns (sum of -log p, count) so that callers can weight across batches and ranks.
-    """
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
-    count = (shift_labels != IGNORE).sum()
-    return total, count
+__all__ = ["IGNORE", "SFT", "TokenPerplexity", "masked_nll"]
 
 
 class TokenPerplexity(MeanMetric):
@@ -37,17 +24,6 @@ class TokenPerplexity(MeanMetric):
 
     def compute(self) -> torch.Tensor:
         return torch.exp(super().compute())
-
-
-def forward_logits(model: torch.nn.Module, batch: SFTBatch) -> torch.Tensor:
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
-    # Prompt tuning prepends virtual tokens to the sequence: keep the positions of the real tokens.
-    return out.logits[:, -batch.input_ids.shape[1] :]
 
 
 class SFT(Objective):
@@ -61,7 +37,14 @@ class SFT(Objective):
         self.val_ppl = TokenPerplexity()
 
     def loss(self, ctx: StepContext, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        total, count = masked_nll(forward_logits(ctx.model, batch), batch.labels)
+        logits, labels = labelled_logits(
+            ctx.model,
+            batch.input_ids,
+            batch.labels,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        )
+        total, count = masked_nll(logits, labels)
         return total / count.clamp(min=1), count
 
     def training_step(self, ctx: StepContext, batch: SFTBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -82,3 +82,15 @@ def test_reward_sources_weigh_and_check(tokenizer) -> None:
         FunctionReward(lambda **_: [1.0], name="broken").score(rollout, torch.device("cpu"))
     with pytest.raises(FTLabError, match=r"returned a non-finite value \(nan\)"):
         FunctionReward(lambda **_: [1.0, float("nan")]).score(rollout, torch.device("cpu"))
+
+
+def test_sampling_stops_at_every_end_of_turn_token(tiny_llama, tokenizer) -> None:
+    # a model whose generation config names a second end-of-turn token (as Gemma's <end_of_turn>), made
+    # overwhelmingly likely: completions must stop there and be masked after it
+    model = tiny_llama.load_model(AutoModelForCausalLM).eval()
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 265]
+    with torch.no_grad():
+        model.lm_head.weight[265] = model.lm_head.weight.abs().max() * 50
+    rollout = sample(model, tokenizer, prompts(tokenizer, ["hello"]), num_samples=2, max_new_tokens=8)
+    assert rollout.completion_ids == [[265], [265]]
+    assert rollout.completion_mask.sum().item() == 2
