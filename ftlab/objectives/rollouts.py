@@ -32,6 +32,8 @@ class Rollout:
     completions: list[str]
     completion_ids: list[list[int]]
     columns: dict[str, list[Any]] = field(default_factory=dict)
+    group: int = 1
+    """Samples per prompt, adjacent rows (their prompt tokens are identical)."""
 
     @property
     def completion_tokens(self) -> torch.Tensor:
@@ -49,7 +51,7 @@ class Rollout:
             completions=[self.completions[i] for i in picked],
             completion_ids=[self.completion_ids[i] for i in picked],
             columns={k: [v[i] for i in picked] for k, v in self.columns.items()},
-        )
+        )  # a minibatch is no longer made of whole groups: group stays 1
 
 
 def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -109,17 +111,40 @@ def sample(
         completions=tokenizer.batch_decode(ids, skip_special_tokens=True),
         completion_ids=ids,
         columns={k: [v for v in values for _ in range(num_samples)] for k, values in batch.columns.items()},
+        group=num_samples,
     )
 
 
-def completion_logps(
-    model: nn.Module, rollout: Rollout, hidden: bool = False, entropy: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(log π(token) [N, C], entropy [N, C] without gradient or None, last hidden state before each
-    token [N, C, H] or None). The head runs only on the C positions that predict completion tokens."""
-    ids, mask = rollout.sequences, rollout.attention_mask
+def _prompt_learning(model: nn.Module) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _completion_logits(model: nn.Module, rollout: Rollout, hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [N, C, V] at the positions that predict each completion token (and hidden states there)."""
+    ids, mask, p, group = rollout.sequences, rollout.attention_mask, rollout.prompt_length, rollout.group
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    width = ids.shape[1] - rollout.prompt_length
+    width = ids.shape[1] - p
+    if group > 1 and not hidden and not _prompt_learning(model):
+        # A group's G samples share their prompt: run it once, repeat its KV cache G times (gradients flow
+        # back through the repeat), and let the completions attend to it.
+        head = model(
+            input_ids=ids[::group, :p],
+            attention_mask=mask[::group, :p],
+            position_ids=positions[::group, :p],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(group)
+        rest = model(
+            input_ids=ids[:, p:-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, p:-1],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return torch.cat([head.logits[:, -1:].repeat_interleave(group, 0), rest.logits], dim=1), None
     out = model(
         input_ids=ids,
         attention_mask=mask,
@@ -128,12 +153,21 @@ def completion_logps(
         output_hidden_states=hidden,
         logits_to_keep=width + 1,
     )
-    logits = out.logits[:, -(width + 1) : -1].float()  # the position before each completion token predicts it
+    states = out.hidden_states[-1][:, -(width + 1) : -1] if hidden else None
+    return out.logits[:, -(width + 1) : -1], states  # the position before each completion token predicts it
+
+
+def completion_logps(
+    model: nn.Module, rollout: Rollout, hidden: bool = False, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log π(token) [N, C], entropy [N, C] without gradient or None, last hidden state before each
+    token [N, C, H] or None). The head runs only on the C positions that predict completion tokens."""
+    logits, states = _completion_logits(model, rollout, hidden)
+    logits = logits.float()
     norm = torch.logsumexp(logits, dim=-1)
     logps = logits.gather(-1, rollout.completion_tokens[..., None]).squeeze(-1) - norm
     spread = None
     if entropy:
         with torch.no_grad():
             spread = norm - (logits.softmax(-1) * logits).sum(-1)
-    states = out.hidden_states[-1][:, -(width + 1) : -1] if hidden else None
     return logps, spread, states

@@ -94,3 +94,29 @@ def test_sampling_stops_at_every_end_of_turn_token(tiny_llama, tokenizer) -> Non
     rollout = sample(model, tokenizer, prompts(tokenizer, ["hello"]), num_samples=2, max_new_tokens=8)
     assert rollout.completion_ids == [[265], [265]]
     assert rollout.completion_mask.sum().item() == 2
+
+
+def test_shared_prompt_pass_equals_the_full_pass(tiny_llama, tokenizer) -> None:
+    # GRPO's samples of a prompt share its KV cache in the log-prob pass: values and gradients must equal
+    # those of running every row in full
+    from ftlab.methods import LoRA
+
+    torch.manual_seed(0)
+    model = LoRA(r=4).apply(tiny_llama.load_model(AutoModelForCausalLM))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    rollout = sample(model, tokenizer, prompts(tokenizer, ["hello there friend", "a"]), num_samples=3, max_new_tokens=5)
+    assert rollout.group == 3
+    grouped, _, _ = completion_logps(model, rollout)
+    grouped.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    rollout.group = 1
+    full, _, _ = completion_logps(model, rollout)
+    full.sum().backward()
+    torch.testing.assert_close(grouped, full, rtol=1e-5, atol=1e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
