@@ -120,8 +120,10 @@ class DPO(Objective):
             return answer_logps(reference, batch)
 
     def compute(self, ctx: StepContext, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
-        chosen, rejected = answer_logps(ctx.model, batch)
+        # the reference first: its logits are freed before the policy's activations build up, so DPO's
+        # peak memory is the policy pass's alone (as SFT's on the same sequences)
         ref_chosen, ref_rejected = self.reference_logps(ctx, batch)
+        chosen, rejected = answer_logps(ctx.model, batch)
         h = preference_logits(chosen, rejected, ref_chosen, ref_rejected)
         reward_chosen = self.beta * (chosen - ref_chosen).detach()
         reward_rejected = self.beta * (rejected - ref_rejected).detach()
