@@ -635,6 +635,30 @@ def saved_section(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def reference_order(width: int, logits_mb: float) -> str:
+    """Where the measured `DPO.compute` runs the reference pass (moved before the policy pass in 709c218)."""
+    import inspect
+
+    from ftlab.objectives import DPO
+
+    source = inspect.getsource(DPO.compute)
+    logits = (
+        f"the reference's largest tensor is its logits (a full [{2 * PAIRS_PER_STEP}, {width}, {VOCAB}] float32 "
+        f"tensor is {logits_mb:.1f} MB), so that extra grows with the vocabulary relative to the model's width "
+        "(logits [2B, T, V] against activations of about [2B, T, k·hidden] per block)"
+    )
+    if source.find("reference_logps(") < source.find("answer_logps(ctx.model"):
+        return (
+            "`DPO.compute` runs the reference pass before the policy pass, so the reference's tensors are freed "
+            "before the policy's activations build up and add nothing at the peak, whatever the vocabulary (run "
+            f"after it, {logits})."
+        )
+    return (
+        "`DPO.compute` runs the reference pass after the policy pass, so what the reference allocates comes on "
+        f"top of the policy's activations, which are still alive; {logits}."
+    )
+
+
 def ftlab_head() -> str:
     """How the measured ftlab computes answer log-probabilities (the head changed in commit a60e393)."""
     import importlib.util
@@ -746,6 +770,8 @@ def run_all(args: argparse.Namespace, start: float) -> None:
     dpo_mem = memory.get("ftlab_dpo")
     width = dpo_mem["profiled_batch"][1] if dpo_mem else 0
     logits_mb = 2 * PAIRS_PER_STEP * width * VOCAB * 4 / 2**20
+    sft_peak = memory["ftlab_sft"]["peak_tensor_mb"] if "ftlab_sft" in memory else float("nan")
+    extra_mb = (round(dpo_mem["peak_tensor_mb"] - sft_peak, 1) or 0.0) if dpo_mem else float("nan")  # no "-0.0"
     threads = next(iter(memory.values()))["torch_threads"] if memory else "?"
     mem_ratio = (
         memory["ftlab_dpo"]["peak_tensor_mb"] / memory["ftlab_sft"]["peak_tensor_mb"]
@@ -775,18 +801,14 @@ def run_all(args: argparse.Namespace, start: float) -> None:
         f"{saved_section(memory)}\n\n"
         "Reading: weights, LoRA gradients and AdamW moments are identical for every contender (the reference is "
         "the model with its adapters off: no second model). The peak comes once the policy's forward pass holds "
-        "all its activations, dominated by the MLP intermediates. DPO adds, at that moment, what the reference "
-        f"pass allocates: {dpo_mem['peak_split_mb']['temporary'] if dpo_mem else float('nan'):.1f} MB of "
-        f"temporaries, its logits (a full [{2 * PAIRS_PER_STEP}, {width}, {VOCAB}] float32 tensor is "
-        f"{logits_mb:.1f} MB), because `DPO.compute` runs the reference pass after the policy pass. The ratio "
-        "therefore grows with the vocabulary relative to the model's width (logits [2B, T, V] against "
-        f"activations of about [2B, T, k·hidden] per block): V = {VOCAB} and hidden {BACKBONE['hidden_size']} "
-        f"give {mem_ratio:.3f} here; a 150k-token vocabulary gives more. Running the reference pass first "
-        "(`ftlab_dpo_reference_first`) or precomputing it (`ftlab_dpo_precompute`) brings the peak to SFT's; "
-        "computing the head only at the labelled positions (`ftlab_dpo_proposed`) also shrinks the policy's "
-        "logits. The peak RSS delta is dominated by non-tensor memory (the allocator keeps freed blocks, library "
-        "workspaces, the mapped checkpoint) and moves by a few percent between runs of the same contender: it "
-        "does not resolve differences of this size.\n\n"
+        "all its activations, dominated by the MLP intermediates. DPO's peak is SFT's "
+        f"{extra_mb:+.1f} MB here: {reference_order(width, logits_mb)} Running the reference pass first "
+        "(`ftlab_dpo_reference_first`) or precomputing it "
+        "(`ftlab_dpo_precompute`) brings the peak to SFT's whatever the vocabulary; computing the head only at "
+        "the labelled positions (`ftlab_dpo_proposed`) also shrinks the policy's logits. The peak RSS delta is "
+        "dominated by non-tensor memory (the allocator keeps freed blocks, library workspaces, the mapped "
+        "checkpoint) and moves by a few percent between runs of the same contender: it does not resolve "
+        "differences of this size.\n\n"
         f"## Speed: TRL / ftlab = {ratio:.2f} (goal >= 1.3)\n\n"
         f"{args.warmup} warm-up steps, then {args.steps} timed steps per run; {args.rounds} rounds, alternating. "
         "s/step: optimizer step to optimizer step (the loop's whole cycle: collate, forward, reference, backward, "
