@@ -53,9 +53,16 @@ def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
+
+
+def weights_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ the whole table (one pass, no communication), keyed by each pair's index in its 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,39 @@ class ReferenceCache(pl.Callback):
     def __init__(self, objective: Any) -> None:
         self.objective = objective
 
+    def fingerprint(self, trainer: pl.Trainer, pl_module: Any) -> str:
+        """What the table depends on: the backbone and every split's token ids and labels, in index order."""
+        digest = hashlib.sha256(repr(pl_module.backbone.describe()).encode())
+        datamodule = trainer.datamodule
+        for dataset in (datamodule.train_set, datamodule.val_set):
+            for example in dataset or []:
+                fields = (
+                    example.index,
+                    example.prompt_ids,
+                    example.chosen_ids,
+                    example.chosen_labels,
+                    example.rejected_ids,
+                    example.rejected_labels,
+                )
+                digest.update(repr(fields).encode())
+        return digest.hexdigest()
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         path = Path(trainer.default_root_dir) / FILE
-        if path.is_file():
+        key = self.fingerprint(trainer, pl_module)
+        if path.is_file() and runfolder.weights_metadata(path).get("fingerprint") == key:
             table = runfolder.load_weights(path)
-        else:
+        else:  # absent, or computed for other data or another model: recompute
             with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed from the global RNG
                 table = self.compute(trainer, pl_module)
             if trainer.is_global_zero:
-                runfolder.save_weights(path, table)
+                runfolder.save_weights(path, table, metadata={"fingerprint": key})
         self.objective.reference_table = {k: v.to(pl_module.device) for k, v in table.items()}
+        pl_module.reference_model = None  # the table replaces a frozen copy: free its memory
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # later validate/test runs may read other data: they compute the reference live
+        self.objective.reference_table = None
 
     def compute(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, torch.Tensor]:
         table: dict[str, torch.Tensor] = {}

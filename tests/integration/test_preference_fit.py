@@ -82,3 +82,22 @@ def test_loss_variants_train(loss, backbone, tmp_path) -> None:
     module = FineTuneModule(backbone, LoRA(r=4), DPO(beta=0.5, loss=loss))
     fit(module, tmp_path, steps=2)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
+
+
+def test_reference_table_follows_the_data_and_frees_the_copy(backbone, tmp_path) -> None:
+    from ftlab.methods import Full
+
+    losses = []
+    for max_length in (64, 48):  # two fits into one run folder on differently cut data
+        pl.seed_everything(0)
+        module = FineTuneModule(backbone, Full(), DPO(precompute_reference=True))
+        dm = PreferenceDataModule(train=str(PAIRS), val_fraction=0.1, batch_size=4, max_length=max_length)
+        trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             log_every_n_steps=1)
+        trainer.fit(module, dm)
+        losses.append(json.loads((tmp_path / "summary.json").read_text())["loss_curve"][0][1])
+        assert module.reference_model is None  # the table replaced the frozen copy
+        assert module.objective.reference_table is None  # and is not reused after the fit
+    # each fit starts at the reference: ln 2, not a stale table's value
+    assert all(abs(loss - 0.6931) < 1e-3 for loss in losses)
