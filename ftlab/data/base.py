@@ -111,6 +111,15 @@ class FineTuneDataModule(pl.LightningDataModule):
     def collate(self, examples: list[Any]) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def numbered(examples: list[Any]) -> list[Any]:
+        """Examples that carry an `index` get their position in the split: the key of per-example
+        caches (features, reference log-probs), stable across epochs."""
+        for i, example in enumerate(examples):
+            if hasattr(example, "index"):
+                example.index = i
+        return examples
+
     # --- Lightning hooks
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -149,8 +158,8 @@ class FineTuneDataModule(pl.LightningDataModule):
             held = set(order[:n_val])
             val = [ex for i, ex in enumerate(train) if i in held]
             train = [ex for i, ex in enumerate(train) if i not in held]
-        self.train_set = self.finalize(train, train=True)
-        self.val_set = self.finalize(val, train=False)
+        self.train_set = self.numbered(self.finalize(train, train=True))
+        self.val_set = self.numbered(self.finalize(val, train=False))
         self.stats["train_examples"] = len(self.train_set)
         self.stats["val_examples"] = len(self.val_set)
         log.info("data: %s", self.describe_stats())

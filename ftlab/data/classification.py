@@ -213,11 +213,6 @@ class ClassificationDataModule(FineTuneDataModule):
                     encoded[key][i] = cut[key][j]
         return encoded
 
-    def finalize(self, examples: list[Example], train: bool) -> list[Example]:
-        for i, ex in enumerate(examples):
-            ex.index = i
-        return examples
-
     def collate(self, examples: list[Example]) -> ClassificationBatch:
         width = max(len(ex.input_ids) for ex in examples)
         ids = torch.full((len(examples), width), self.tokenizer.pad_token_id, dtype=torch.long)

@@ -215,11 +215,6 @@ class PreferenceDataModule(FineTuneDataModule):
             )
 
     # --- examples to batches
-    def finalize(self, examples: list[PairExample], train: bool) -> list[PairExample]:
-        for i, ex in enumerate(examples):
-            ex.index = i
-        return examples
-
     def collate(self, examples: list[PairExample]) -> PreferenceBatch:
         halves = [(ex.prompt_ids, ex.chosen_ids, ex.chosen_labels) for ex in examples]
         halves += [(ex.prompt_ids, ex.rejected_ids, ex.rejected_labels) for ex in examples]

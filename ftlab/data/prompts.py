@@ -182,11 +182,6 @@ class PromptDataModule(FineTuneDataModule):
         return examples
 
     # --- examples to batches
-    def finalize(self, examples: list[PromptExample], train: bool) -> list[PromptExample]:
-        for i, ex in enumerate(examples):
-            ex.index = i
-        return examples
-
     def collate(self, examples: list[PromptExample]) -> PromptBatch:
         width = max(len(ex.prompt_ids) for ex in examples)
         ids = torch.full((len(examples), width), self.tokenizer.pad_token_id, dtype=torch.long)
