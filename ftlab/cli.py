@@ -1,5 +1,6 @@
 """`python -m ftlab fit|validate|test|predict --config a.yaml --config b.yaml [--key=value ...]`,
-and `python -m ftlab export RUN_DIR` (see ftlab.export).
+`python -m ftlab export RUN_DIR` (see ftlab.export), and `python -m ftlab sweep STUDY.yaml` /
+`python -m ftlab results STUDY_DIR` (see ftlab.sweep).
 
 A LightningCLI over the one module (backbone + method + objective) and any ftlab datamodule.
 Later `--config` files override earlier ones, so a run reads as base + method + objective.
@@ -90,6 +91,10 @@ def main(args: list[str] | None = None) -> None:
             from ftlab.export import main as export_main
 
             export_main(argv[1:])
+        elif argv[:1] in (["sweep"], ["results"]):
+            from ftlab.sweep.cli import main as sweep_main
+
+            sweep_main(argv)
         else:
             FTLabCLI(args=argv)
     except FTLabError as err:

@@ -25,6 +25,7 @@ from ftlab.errors import FTLabError
 from ftlab.methods.base import Method
 from ftlab.models.backbone import Backbone
 from ftlab.objectives.base import Objective, StepContext
+from ftlab.regularizers.base import Regularizer
 from ftlab.runfolder import load_weights
 
 PREFIX = "model."
@@ -61,6 +62,7 @@ class FineTuneModule(pl.LightningModule):
         optimizer: Optimizer class and arguments; the parameters come from the method.
         scheduler: Learning-rate schedule, stepped every optimizer step.
         decay_1d: Apply weight decay to 1-D parameters (biases, norms) too; off by default.
+        regularizers: Terms added to the objective's loss at every step (EWC, L2-SP).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class FineTuneModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         decay_1d: bool = False,
+        regularizers: list[Regularizer] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -79,6 +82,7 @@ class FineTuneModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.decay_1d = decay_1d
+        self.regularizers = nn.ModuleList(regularizers or [])
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
@@ -102,11 +106,14 @@ class FineTuneModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
+        for regularizer in self.regularizers:
+            regularizer.check(self)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         from ftlab.callbacks.run_report import RunReport
 
-        return [RunReport(), *self.method.callbacks(), *self.objective.callbacks()]
+        own = [c for r in self.regularizers for c in r.callbacks()]
+        return [RunReport(), *self.method.callbacks(), *self.objective.callbacks(), *own]
 
     @contextmanager
     def reference(self) -> Iterator[nn.Module]:
@@ -136,6 +143,18 @@ class FineTuneModule(pl.LightningModule):
             )
         return loss
 
+    def _regularized(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The objective's loss plus every regularizer's penalty (each logged as `reg/<name>`)."""
+        if not len(self.regularizers):
+            return loss
+        params = self.method.trainable_parameters(self.model)
+        for regularizer in self.regularizers:
+            term = regularizer.penalty(self.model, params)
+            metrics[f"reg/{regularizer.name}"] = term.detach()
+            loss = loss + term
+        metrics["loss"] = loss.detach()
+        return loss
+
     def _log_train(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in metrics.items():
             self.log(
@@ -146,6 +165,7 @@ class FineTuneModule(pl.LightningModule):
         if not self.automatic_optimization:
             return self._rollout_step(batch, batch_idx)
         loss, metrics = self.objective.training_step(self.context(), batch)
+        loss = self._regularized(loss, metrics)
         self._checked(loss, batch_idx)
         self._log_train(metrics, len(batch))
         return loss
@@ -158,6 +178,7 @@ class FineTuneModule(pl.LightningModule):
         updates: list[dict[str, torch.Tensor]] = []
         for minibatch in self.objective.minibatches(buffer):
             loss, step_metrics = self.objective.training_step(self.context(), minibatch)
+            loss = self._regularized(loss, step_metrics)
             optimizer.zero_grad()
             self.manual_backward(self._checked(loss, batch_idx))
             if self.objective.max_grad_norm:
@@ -259,7 +280,14 @@ class FineTuneModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()
-        checkpoint["ftlab"] = {"method": self.method.name, "objective": self.objective.name}
+        checkpoint["ftlab"] = {
+            "method": self.method.name,
+            "objective": self.objective.name,
+            "regularizers": [r.state_dict() for r in self.regularizers],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_keys(checkpoint["state_dict"], "the checkpoint")
+        saved = checkpoint.get("ftlab", {}).get("regularizers", [])
+        for regularizer, state in zip(self.regularizers, saved, strict=False):
+            regularizer.load_state_dict(state, strict=False)
