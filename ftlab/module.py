@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ftlab import distributed
 from ftlab.errors import FTLabError
 from ftlab.methods.base import Method
 from ftlab.models.backbone import Backbone
@@ -47,9 +48,18 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
         )
     if getattr(datamodule, "packing", False) and not method.supports_packing:
         raise FTLabError(f"method {method.name} cannot train on packed rows; set data packing: false")
-    sharded = type(strategy).__name__ in {"FSDPStrategy", "ModelParallelStrategy"}
-    if sharded and not method.supports_fsdp:
+    if distributed.is_sharded(strategy) and not method.supports_fsdp:
         raise FTLabError(f"method {method.name} does not support sharded training ({type(strategy).__name__})")
+    if type(strategy).__name__ == "FSDPStrategy":
+        raise FTLabError(
+            "ftlab shards with FSDP2: use strategy ModelParallelStrategy (experiments/base/trainer_fsdp.yaml), "
+            "not FSDPStrategy"
+        )
+    if distributed.is_ddp(strategy) and method.schedules_trainable and not distributed.finds_unused(strategy):
+        raise FTLabError(
+            f"method {method.name} changes which parameters train during the run; under DDP use "
+            "strategy: ddp_find_unused_parameters_true"
+        )
 
 
 class FineTuneModule(pl.LightningModule):
@@ -103,6 +113,19 @@ class FineTuneModule(pl.LightningModule):
         self.model = self.method.apply(model)
         self.objective.setup_model(self.model)
         self.model.train(self.training)  # from_pretrained returns eval mode; Lightning switches modes itself
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if distributed.is_ddp(strategy) and self.method.schedules_trainable:
+            # DDP registers the parameters that require grad when it wraps the model (after this hook):
+            # all that will ever train must be among them; the method's schedule gates them again per step
+            for param in self.method.trainable_parameters(self.model).values():
+                param.requires_grad_(True)
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None and distributed.is_sharded(strategy):
+            mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+            distributed.shard(self.model, mesh)
+            distributed.shard_heads(self.objective, mesh)
+            if self.reference_model is not None:
+                distributed.shard(self.reference_model, mesh)
 
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
@@ -155,10 +178,16 @@ class FineTuneModule(pl.LightningModule):
         metrics["loss"] = loss.detach()
         return loss
 
-    def _log_train(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+    def _log_train(self, metrics: dict[str, torch.Tensor], batch_size: int, sync: bool = False) -> None:
         for name, value in metrics.items():
             self.log(
-                f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=batch_size
+                f"train/{name}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+                sync_dist=sync,
             )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -194,7 +223,7 @@ class FineTuneModule(pl.LightningModule):
         generating = metrics.pop("perf/generate_seconds", None)
         if generating is not None:
             metrics["perf/generation_share"] = generating / max(time.perf_counter() - started, 1e-9)
-        self._log_train(metrics, len(batch))
+        self._log_train(metrics, len(batch), sync=True)  # rewards and KL: the mean over every rank's rollouts
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         metrics = self.objective.validation_step(self.context(), batch)
@@ -248,10 +277,13 @@ class FineTuneModule(pl.LightningModule):
         return trainable, total
 
     # --- weights
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable weights only, keyed as in this module's `state_dict`."""
+    def trainable_state_dict(self, gather: bool = False) -> dict[str, torch.Tensor]:
+        """Trainable weights only, keyed as in this module's `state_dict`. With `gather`, sharded
+        weights are assembled whole (a collective under FSDP: call it on every rank)."""
         state = {PREFIX + k: v for k, v in self.method.trainable_state_dict(self.model).items()}
         state.update({f"objective.{k}": p.detach() for k, p in self.objective.named_parameters() if p.requires_grad})
+        if gather:
+            state = {k: distributed.full(v) for k, v in state.items()}
         return state
 
     def load_trainable(self, source: str | Path | dict[str, torch.Tensor]) -> None:
@@ -279,7 +311,7 @@ class FineTuneModule(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["state_dict"] = self.trainable_state_dict(gather=True)  # dump_checkpoint runs on every rank
         checkpoint["ftlab"] = {
             "method": self.method.name,
             "objective": self.objective.name,
@@ -287,7 +319,8 @@ class FineTuneModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._check_keys(checkpoint["state_dict"], "the checkpoint")
+        if "state_dict" in checkpoint:  # a sharding strategy loads the weights itself and passes the rest
+            self._check_keys(checkpoint["state_dict"], "the checkpoint")
         saved = checkpoint.get("ftlab", {}).get("regularizers", [])
         for regularizer, state in zip(self.regularizers, saved, strict=False):
             regularizer.load_state_dict(state, strict=False)

@@ -112,8 +112,9 @@ class RunReport(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         root = Path(trainer.default_root_dir)
         summary = self.summary(trainer, pl_module)
+        weights = pl_module.trainable_state_dict(gather=True)  # a collective under FSDP: every rank gathers
         if trainer.is_global_zero:
-            runfolder.save_weights(root / runfolder.WEIGHTS, pl_module.trainable_state_dict())
+            runfolder.save_weights(root / runfolder.WEIGHTS, weights)
             runfolder.write_json(root / runfolder.SUMMARY, summary)
             runfolder.write_text(root / runfolder.DONE, "")
         trainer.strategy.barrier("ftlab-run-report")

@@ -32,6 +32,10 @@ class Method:
     """Works on packed rows (several examples per row, told apart by position ids)."""
     trains_backbone: ClassVar[bool] = True
     """False when only an objective's head trains (feature extraction)."""
+    schedules_trainable: ClassVar[bool] = False
+    """The set of parameters that get gradients changes during the run (gradual unfreezing): under
+    DDP every one of them must require grad when the model is wrapped, and DDP must look for unused
+    parameters in each step."""
 
     @property
     def name(self) -> str:

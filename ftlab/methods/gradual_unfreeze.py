@@ -36,6 +36,8 @@ class GradualUnfreeze(Method):
         embeddings: Whether the embeddings form the last group (otherwise they stay frozen).
     """
 
+    schedules_trainable = True
+
     def __init__(
         self,
         every_n_steps: int | None = None,

@@ -1,0 +1,69 @@
+"""How the module meets Lightning's strategies: FSDP2 sharding, DDP wrapping rules, gathering.
+
+FSDP runs through Lightning's `ModelParallelStrategy` (FSDP2, `fully_shard`; on CPU with gloo too):
+the module shards in `configure_model`, after the method has changed the model, so adapters,
+prefixes and frozen base weights all live in the same sharded blocks. FSDP2 keeps each parameter's
+own `requires_grad` (frozen and trainable weights may share a block: only the trainable ones get
+reduce-scattered gradients), so LoRA and adapters need no special wrapping policy. Each transformer
+block is one sharding unit, then the rest of the model; the objective's head and a frozen reference
+copy are sharded the same way. Optimizers are built afterwards, from the sharded parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftlab.models.anatomy import find_blocks
+
+SHARDED = {"FSDPStrategy", "ModelParallelStrategy"}
+
+
+def is_sharded(strategy: Any) -> bool:
+    return type(strategy).__name__ in SHARDED
+
+
+def is_ddp(strategy: Any) -> bool:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return isinstance(strategy, DDPStrategy)
+
+
+def finds_unused(strategy: Any) -> bool:
+    """Whether a DDP strategy looks for parameters that got no gradient in a step."""
+    return bool(getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False))
+
+
+def shard(model: nn.Module, mesh: Any) -> nn.Module:
+    """Shard every block of `model`, then the model itself, over the data-parallel mesh (FSDP2)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    try:
+        _, blocks = find_blocks(model)
+    except Exception:
+        blocks = []
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    if hasattr(model, "generate"):
+        # a wrapper's generate (peft) calls the inner model's forward, not the root's: gather around it
+        register_fsdp_forward_method(model, "generate")
+    return model
+
+
+def shard_heads(owner: nn.Module, mesh: Any) -> None:
+    """Shard each child of `owner` (an objective) that holds parameters: its heads."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in owner.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child, mesh=mesh)
+
+
+def full(value: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole (a collective: every rank must call it); others unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value

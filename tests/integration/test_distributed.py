@@ -1,0 +1,234 @@
+"""DDP and FSDP2 with 2 CPU processes (gloo), run as one script through `subprocess` (Lightning's DDP
+launcher re-runs the command for each rank, which must not be pytest).
+
+Equivalences, each with every step's batch made of the whole training set so that the union of the
+ranks' batches is the single process's batch whatever the sampler's order:
+- DDP (2 × 4 rows) = 1 process (8 rows): SFT + LoRA and DPO + LoRA. The SFT rows all carry the same
+  number of loss tokens, so the mean of the two ranks' token means is the global token mean.
+- FSDP2 = DDP for Full and LoRA.
+Tolerance 1e-5 absolute on weights after 3 AdamW steps at lr 1e-2: the ranks sum gradients in another
+order than one process does (float32 rounding, about 1e-7 relative per step, amplified by AdamW's
+normalisation where a gradient is near zero).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftlab.cli import FTLabCLI
+from tests.conftest import REPO, write_jsonl
+from tests.integration import distributed_cells as cells
+
+SCRIPT = Path(cells.__file__)
+PAIRS = REPO / "ftlab" / "assets" / "preference_pairs.jsonl"
+PROMPTS = REPO / "ftlab" / "assets" / "synthetic_prompts.jsonl"
+TOL = 1e-5
+
+
+def equal_length_rows(backbone: Any, tmp: Path, n: int = 8) -> Path:
+    """`n` SFT rows that tokenize to the same length with the same number of loss tokens."""
+    from ftlab.data import SFTDataModule
+
+    candidates = [{"instruction": f"Count to {i}.", "output": " ".join(["one"] * (1 + i % 3))} for i in range(60)]
+    path = write_jsonl(tmp / "candidates.jsonl", candidates)
+    dm = SFTDataModule(train=str(path), batch_size=n, max_length=64)
+    dm._tokenizer = backbone.load_tokenizer()
+    dm.setup("fit")
+    shape = Counter((len(ex.input_ids), sum(t != -100 for t in ex.labels)) for ex in dm.train_set)
+    common, count = shape.most_common(1)[0]
+    assert count >= n, f"only {count} rows share a length"
+    keep = [i for i, ex in enumerate(dm.train_set) if (len(ex.input_ids), sum(t != -100 for t in ex.labels)) == common]
+    return write_jsonl(tmp / "sft.jsonl", [candidates[i] for i in keep[:n]])
+
+
+def cell(name: str, strategy: str, method: str, objective: str, data: Path, batch: int = 4, steps: int = 3) -> dict:
+    return {
+        "name": name,
+        "strategy": strategy,
+        "method": method,
+        "objective": objective,
+        "steps": steps,
+        "batch_size": batch,
+        "data": str(data),
+    }
+
+
+def launch(spec: list[dict], out: Path) -> None:
+    (out / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out / "spec.json"), str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def ranks(out: Path, name: str) -> list[dict]:
+    return [json.loads((out / f"{name}.rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b) and a
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < TOL, f"weights differ by {worst}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ftlab.models import TinyBackbone
+
+    tmp = tmp_path_factory.mktemp("distributed")
+    backbone = TinyBackbone(config=cells.LLAMA, vocab_size=512)
+    backbone.load_model(cells.objective("sft").model_class)  # build the cache before two ranks read it
+    sft = equal_length_rows(backbone, tmp)
+    quick = [
+        "--config",
+        "experiments/quickstart.yaml",
+        "--config",
+        "experiments/methods/lora.yaml",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.limit=16",
+    ]
+    FTLabCLI(args=[*quick, f"--trainer.default_root_dir={tmp / 'warm'}"], run=False).model.configure_model()
+    pairs = write_jsonl(tmp / "pairs.jsonl", [json.loads(line) for line in PAIRS.read_text().splitlines()[:8]])
+    spec = [
+        cell("ddp_lora_sft", "ddp", "lora", "sft", sft),
+        cell("ddp_full_sft", "ddp", "full", "sft", sft),
+        cell("fsdp_lora_sft", "fsdp", "lora", "sft", sft),
+        cell("fsdp_full_sft", "fsdp", "full", "sft", sft),
+        cell("ddp_lora_dpo", "ddp", "lora", "dpo", pairs),
+        cell("ddp_lora_grpo", "ddp", "lora", "grpo", PROMPTS, batch=2, steps=2),
+        cell("ddp_gradual_sft", "ddp", "gradual_unfreeze", "sft", sft),
+        cell("ddp_unused_gradual_sft", "ddp_unused", "gradual_unfreeze", "sft", sft),
+        cell("fsdp_qlora_sft", "fsdp", "qlora", "sft", sft),
+        *[
+            {"name": f"cli_{kind}", "args": [*quick, "--config", f"experiments/base/trainer_{kind}.yaml"]}
+            for kind in ("ddp", "fsdp")
+        ],
+    ]
+    launch(spec, tmp)
+    for name, method, objective, data in (("lora_sft", "lora", "sft", sft), ("lora_dpo", "lora", "dpo", pairs)):
+        cells.run_cell(cell(f"single_{name}", "single", method, objective, data, batch=8), tmp)
+    return tmp
+
+
+def weights(out: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(out / f"{name}.safetensors")
+
+
+@pytest.mark.parametrize("name", ["lora_sft", "lora_dpo"])
+def test_ddp_equals_one_process_with_the_doubled_batch(runs: Path, name: str) -> None:
+    assert_close(weights(runs, f"ddp_{name}"), weights(runs, f"single_{name}"))
+    single = json.loads((runs / f"single_{name}.rank0.json").read_text())
+    assert all(r["steps"] == single["steps"] == 3 for r in ranks(runs, f"ddp_{name}"))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_equals_ddp(runs: Path, method: str) -> None:
+    sharded, replicated = weights(runs, f"fsdp_{method}_sft"), weights(runs, f"ddp_{method}_sft")
+    assert_close(sharded, replicated)
+    if method == "full":  # the gathered checkpoint holds every weight, whole
+        assert len(sharded) == len(weights(runs, "ddp_full_sft")) and all(v.ndim >= 1 for v in sharded.values())
+
+
+def test_grpo_under_ddp_agrees_across_ranks(runs: Path) -> None:
+    first, second = ranks(runs, "ddp_lora_grpo")
+    assert first["steps"] == second["steps"] == 2
+    assert first["checksum"] == second["checksum"], "the ranks' weights diverged"
+    assert first["metrics"]["train/reward_std"] > 0 and first["metrics"]["train/clip_fraction"] >= 0
+    for key in ("train/reward", "train/kl", "train/loss"):
+        assert key in first["metrics"] and first["metrics"][key] == pytest.approx(second["metrics"][key], abs=1e-6)
+
+
+def test_gradual_unfreezing_under_ddp_needs_unused_parameter_search(runs: Path) -> None:
+    refused = ranks(runs, "ddp_gradual_sft")
+    assert all("ddp_find_unused_parameters_true" in r["refused"] for r in refused)
+    trained = ranks(runs, "ddp_unused_gradual_sft")
+    assert all(r.get("steps") == 3 for r in trained)
+    assert weights(runs, "ddp_unused_gradual_sft")
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_the_shipped_trainer_configs_run_two_processes(runs: Path, kind: str) -> None:
+    for report in ranks(runs, f"cli_{kind}"):
+        assert report["steps"] == 2 and report["world_size"] == 2
+    assert (runs / f"cli_{kind}" / "DONE").exists() and (runs / f"cli_{kind}" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_qlora_under_fsdp_is_refused_with_the_reason(runs: Path) -> None:
+    for report in ranks(runs, "fsdp_qlora_sft"):
+        assert report["refused"] == "method QLoRA does not support sharded training (ModelParallelStrategy)"
+
+
+METHODS = [
+    "full",
+    "freeze",
+    "gradual_unfreeze",
+    "lora",
+    "qlora",
+    "adapter_sequential",
+    "adapter_parallel",
+    "adapter_hybrid",
+    "prefix",
+    "prompt",
+    "feature_extraction",
+]
+OBJECTIVES = ["sft", "dpo", "reward", "classification", "grpo", "ppo"]
+
+
+@pytest.mark.slow
+def test_every_method_and_objective_trains_or_is_refused_under_ddp_and_fsdp(tmp_path: Path) -> None:
+    """The capability table: each cell trains 2 steps with the ranks in agreement, or is refused at setup."""
+    from ftlab.models import TinyBackbone
+
+    TinyBackbone(config=cells.LLAMA, vocab_size=512).load_model(cells.objective("sft").model_class)
+    data = {
+        "sft": REPO / "ftlab" / "assets" / "self_instruct_seed.jsonl",
+        "dpo": PAIRS,
+        "reward": PAIRS,
+        "classification": write_jsonl(
+            tmp_path / "labels.jsonl", [{"text": f"text number {i}", "label": i % 2} for i in range(16)]
+        ),
+        "grpo": PROMPTS,
+        "ppo": PROMPTS,
+    }
+    spec = [
+        cell(
+            f"{s}-{m}-{o}",
+            s if s == "fsdp" or m != "gradual_unfreeze" else "ddp_unused",
+            m,
+            o,
+            data[o],
+            batch=2,
+            steps=2,
+        )
+        for s in ("ddp", "fsdp")
+        for m in METHODS
+        for o in OBJECTIVES
+    ]
+    launch(spec, tmp_path)
+    for entry in spec:
+        first, second = ranks(tmp_path, entry["name"])
+        assert "error" not in first and "error" not in second, (entry["name"], first, second)
+        m, o = cells.method(entry["method"]), cells.objective(entry["objective"])
+        refusable = (not m.trains_backbone and not o.has_head) or (entry["strategy"] == "fsdp" and not m.supports_fsdp)
+        if "refused" in first:  # refused at setup, on every rank, for a reason the capabilities declare
+            assert first == second and refusable, (entry["name"], first)
+        else:
+            assert not refusable, f"{entry['name']} should have been refused"
+            assert first["steps"] == second["steps"] == 2 and first["checksum"] == second["checksum"], entry["name"]
