@@ -6,7 +6,9 @@ largest + 1), string labels are numbered in sorted order, and the mapping is log
 is not known (a string outside the names, an integer out of range) is an error naming its row.
 Texts longer than `max_length` tokens are cut from the right (for pairs, the longer text first) and
 counted. `sample` draws a seeded random subset of each training file before tokenizing, for big
-files such as SST-2's 67k rows.
+files such as SST-2's 67k rows. `shots` keeps N training examples per class (a few-shot budget),
+drawn with `seed` after the validation split, so the validation set does not depend on N; a class
+with fewer than N examples keeps all of them, and is counted and logged.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class ClassificationDataModule(FineTuneDataModule):
         labels: Label names in id order; integer labels index into it, string labels must be in it.
         labels_file: A JSON file holding the label names as a list (instead of `labels`).
         sample: Draw this many rows at random (with `seed`) from each training file; None keeps all.
+        shots: Keep this many training examples per class, drawn with `seed` (after the validation
+            split); None keeps all.
         **kwargs: See FineTuneDataModule.
     """
 
@@ -88,6 +92,7 @@ class ClassificationDataModule(FineTuneDataModule):
         labels: list[str] | None = None,
         labels_file: str | None = None,
         sample: int | None = None,
+        shots: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -100,7 +105,10 @@ class ClassificationDataModule(FineTuneDataModule):
         self.label_field = label_field
         self.labels = labels
         self.labels_file = labels_file
+        if shots is not None and shots < 1:
+            raise FTLabError(f"data shots must be at least 1 example per class, got {shots}")
         self.sample = sample
+        self.shots = shots
         names = list(labels) if labels is not None else read_label_names(labels_file) if labels_file else None
         if names is not None and len(set(names)) != len(names):
             raise FTLabError(f"data labels name a label twice: {sorted({n for n in names if names.count(n) > 1})}")
@@ -194,6 +202,27 @@ class ClassificationDataModule(FineTuneDataModule):
             Example(ids, label, types[i] if types is not None else None)
             for i, (ids, label) in enumerate(zip(encoded["input_ids"], labels, strict=True))
         ]
+
+    def finalize(self, examples: list[Example], train: bool) -> list[Example]:
+        """The training split cut to `shots` examples per class (seeded), in their original order."""
+        if not train or self.shots is None:
+            return examples
+        by_class: dict[int, list[int]] = {}
+        for i, ex in enumerate(examples):
+            by_class.setdefault(ex.label, []).append(i)
+        rng = random.Random(self.seed)
+        kept: list[int] = []
+        short = {}
+        for label in sorted(by_class):
+            members = by_class[label]
+            if len(members) < self.shots:
+                short[self.label_names[label]] = len(members)
+            kept += rng.sample(members, min(self.shots, len(members)))
+        if short:
+            self.count("shots_short_classes", len(short))
+            log.warning("data: %d classes have fewer than %d training examples: %s", len(short), self.shots, short)
+        self.count("not_in_shots", len(examples) - len(kept))
+        return [examples[i] for i in sorted(kept)]
 
     def encode(self, texts: list[str], pairs: list[str] | None) -> dict[str, list[list[int]]]:
         """Tokenize in one batch; rows longer than max_length are cut and counted."""

@@ -12,6 +12,7 @@ from ftlab.methods.lora import LoRA
 from ftlab.methods.prefix import PrefixTuning
 from ftlab.methods.prompt import PromptTuning
 from ftlab.methods.qlora import QLoRA
+from ftlab.methods.reft import LoReFT
 
 __all__ = [
     "AdapterHybrid",
@@ -22,6 +23,7 @@ __all__ = [
     "Full",
     "GradualUnfreeze",
     "LoRA",
+    "LoReFT",
     "Method",
     "PrefixTuning",
     "PromptTuning",

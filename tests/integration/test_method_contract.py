@@ -27,6 +27,7 @@ from ftlab.methods import (
     Full,
     GradualUnfreeze,
     LoRA,
+    LoReFT,
     Method,
     PrefixTuning,
     PromptTuning,
@@ -58,6 +59,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "qlora": lambda: QLoRA(r=4),
     "prefix": lambda: PrefixTuning(num_virtual_tokens=4),
     "prompt": lambda: PromptTuning(num_virtual_tokens=4, init="vocab"),
+    "reft": lambda: LoReFT(r=4, layers=[0], first=3),  # a last-block edit of prompt tokens reaches no loss
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from ftlab.methods import LoRA, PrefixTuning, PromptTuning
+from ftlab.methods import LoRA, LoReFT, PrefixTuning, PromptTuning
 
 BERT_BASE = {
     "model_type": "bert",
@@ -62,3 +62,10 @@ def test_prompt_tuning_is_tokens_times_d_model() -> None:
 def test_prefix_tuning_is_tokens_times_layers_times_two_kv_dims() -> None:
     assert trainable(PrefixTuning(num_virtual_tokens=20), build(LLAMA, AutoModelForCausalLM)) == 20 * 16 * 2 * 256
     assert trainable(PrefixTuning(num_virtual_tokens=10), build(BERT_BASE, AutoModel)) == 10 * 12 * 2 * 768
+
+
+@pytest.mark.parametrize("r", [4, 8])
+def test_loreft_is_two_r_d_plus_r_per_intervened_layer(r: int) -> None:
+    # R (r x d) and W (r x d) and b (r) at each chosen block: 2·r·d + r (Wu et al., 2024)
+    assert trainable(LoReFT(r=r), build(LLAMA, AutoModelForCausalLM)) == 16 * (2 * r * 2048 + r)
+    assert trainable(LoReFT(r=r, layers=[0, -1]), build(BERT_BASE, AutoModel)) == 2 * (2 * r * 768 + r)
