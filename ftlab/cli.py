@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -30,13 +32,38 @@ _LOGS_IN = {"CSVLogger": "save_dir", "TensorBoardLogger": "save_dir", "WandbLogg
 
 
 class SaveRunConfig(SaveConfigCallback):
-    """Writes the resolved config to `<run folder>/config.yaml` at the start of fit."""
+    """Writes the resolved config to `<run folder>/config.yaml` at the start of fit (secrets from the
+    environment redacted) and hands the same nested config to every logger (W&B's run config)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        path = Path(trainer.default_root_dir) / runfolder.CONFIG
-        runfolder.write_text(path, self.parser.dump(self.config, skip_none=False))
+        text = runfolder.redact(self.parser.dump(self.config, skip_none=False))
+        if trainer.is_global_zero:
+            runfolder.write_text(Path(trainer.default_root_dir) / runfolder.CONFIG, text)
+        hparams = yaml.safe_load(text)
+        hparams.pop("overwrite", None)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+
+
+def guard_run_folder(config: Namespace) -> None:
+    """A fit never writes over a finished or started run unless asked: resume it or pass --overwrite."""
+    root = Path(config.trainer.default_root_dir)
+    ckpt = config.get("ckpt_path")
+    if ckpt and ckpt not in ("last", "best", "hpc") and "://" not in str(ckpt) and not Path(ckpt).exists():
+        raise FTLabError(f"checkpoint {ckpt} does not exist (--ckpt_path last resumes the run folder's last one)")
+    if not (root / runfolder.CONFIG).exists() or ckpt:
+        return
+    if not config.get("overwrite"):
+        state = "a finished run" if (root / runfolder.DONE).exists() else "a started run"
+        raise FTLabError(
+            f"run folder {root} already holds {state}; resume it with --ckpt_path last, "
+            "pass --overwrite true to start over, or choose another --trainer.default_root_dir"
+        )
+    for name in (runfolder.DONE, runfolder.SUMMARY, runfolder.WEIGHTS, runfolder.CHECKPOINTS, runfolder.LOGS):
+        path = root / name  # start over: what the old run wrote goes, DONE first
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _entries(value: Any) -> list[Namespace]:
@@ -77,9 +104,36 @@ class FTLabCLI(LightningCLI):
             run=run,
         )
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="Start over in a run folder that already holds a run."
+        )
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         place_outputs(config.trainer)
+        if self.subcommand == "fit":
+            guard_run_folder(config)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Name the file when a `--config` YAML is missing or malformed (the parser would say only "a string")."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = Path(argv[i + 1])
+        elif arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1])
+        else:
+            continue
+        if not path.is_file():
+            raise FTLabError(f"config file {path} does not exist")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise FTLabError(f"config file {path} is not valid YAML at{where}: {problem}") from None
 
 
 def main(args: list[str] | None = None) -> None:
@@ -96,7 +150,30 @@ def main(args: list[str] | None = None) -> None:
 
             sweep_main(argv)
         else:
+            check_config_files(argv)
             FTLabCLI(args=argv)
-    except FTLabError as err:
-        print(f"ftlab: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"ftlab: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def user_error(err: BaseException) -> FTLabError | None:
+    """The FTLabError behind `err`, also when the config parser wrapped it (it validates by instantiating)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, FTLabError):
+            return current
+        stack += [current.__cause__, current.__context__]
+    message = str(err)
+    for line in message.splitlines():  # the parser keeps only the text of the errors it collects
+        if line.strip().startswith("- ") and line.strip()[2:].startswith(("data ", "method ", "objective ")):
+            return FTLabError(line.strip()[2:])
+    return None

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from ftlab import distributed
@@ -96,6 +97,8 @@ class FineTuneModule(pl.LightningModule):
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
+        self.task_metrics: nn.ModuleDict | None = None
+        self._task_keys: dict[str, str] = {}
         self.strict_loading = False  # checkpoints hold trainable weights only; keys are checked below
         # online RL runs several optimizer steps per batch (rollouts, then updates): the module steps itself
         self.automatic_optimization = not objective.needs_rollouts
@@ -105,6 +108,12 @@ class FineTuneModule(pl.LightningModule):
         if self.model is not None:
             return
         model = self.backbone.load_model(self.objective.model_class, **self.method.load_kwargs())
+        rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
+        if rows is not None and len(self.tokenizer) > rows:
+            raise FTLabError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's embedding only {rows} rows; "
+                "use the model's own tokenizer (model.backbone.init_args.tokenizer)"
+            )
         if hasattr(model, "config"):
             model.config.use_cache = False
         if self.objective.needs_reference and not self.method.supports_disable:
@@ -131,12 +140,23 @@ class FineTuneModule(pl.LightningModule):
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
         for regularizer in self.regularizers:
             regularizer.check(self)
+        # several validation sets (a task mixture): each gets its own copy of the objective's metrics
+        names = list(getattr(self.trainer.datamodule, "val_names", None) or [])
+        own = {n: m for n, m in self.objective.named_children() if isinstance(m, Metric)}
+        self.task_metrics = (
+            nn.ModuleDict({t: nn.ModuleDict({n: m.clone() for n, m in own.items()}) for t in names})
+            if len(names) > 1
+            else None
+        )
+        self._task_keys: dict[str, str] = {}
 
     def configure_callbacks(self) -> list[pl.Callback]:
+        from ftlab.callbacks.preemption import Preemption
+        from ftlab.callbacks.rng import RandomState
         from ftlab.callbacks.run_report import RunReport
 
         own = [c for r in self.regularizers for c in r.callbacks()]
-        return [RunReport(), *self.method.callbacks(), *self.objective.callbacks(), *own]
+        return [RunReport(), RandomState(), Preemption(), *self.method.callbacks(), *self.objective.callbacks(), *own]
 
     @contextmanager
     def reference(self) -> Iterator[nn.Module]:
@@ -225,7 +245,9 @@ class FineTuneModule(pl.LightningModule):
             metrics["perf/generation_share"] = generating / max(time.perf_counter() - started, 1e-9)
         self._log_train(metrics, len(batch), sync=True)  # rewards and KL: the mean over every rank's rollouts
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.task_metrics is not None:
+            return self._validate_task(batch, dataloader_idx)
         metrics = self.objective.validation_step(self.context(), batch)
         for name, value in metrics.items():
             self.log(
@@ -238,8 +260,41 @@ class FineTuneModule(pl.LightningModule):
                 sync_dist=isinstance(value, torch.Tensor),
             )
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+    def _validate_task(self, batch: Any, dataloader_idx: int) -> None:
+        """One task of a mixture: the objective updates this task's metrics, logged as `val/<task>/<name>`."""
+        task = self.trainer.datamodule.val_names[dataloader_idx]
+        mine = self.task_metrics[task]
+        originals = {n: getattr(self.objective, n) for n in mine}
+        for n, m in mine.items():
+            setattr(self.objective, n, m)
+        try:
+            metrics = self.objective.validation_step(self.context(), batch)
+        finally:
+            for n, m in originals.items():
+                setattr(self.objective, n, m)
+        for name, value in metrics.items():
+            attribute = next((n for n, m in mine.items() if m is value), None)
+            if attribute is not None:
+                self._task_keys[name] = attribute
+            self.log(
+                f"val/{task}/{name}",
+                value,
+                on_epoch=True,
+                batch_size=len(batch),
+                add_dataloader_idx=False,
+                metric_attribute=f"task_metrics.{task}.{attribute}" if attribute else None,
+                sync_dist=isinstance(value, torch.Tensor),
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.task_metrics is None:
+            return
+        for name, attribute in self._task_keys.items():  # val/<name>: the unweighted mean over the tasks
+            values = [self.task_metrics[t][attribute].compute() for t in self.task_metrics]
+            self.log(f"val/{name}", torch.stack([v.float() for v in values]).mean(), prog_bar=name == "loss")
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
 
     # --- optimisation
     def configure_optimizers(self) -> Any:

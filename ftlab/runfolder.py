@@ -8,13 +8,16 @@
     DONE                   written last, only when fit ended normally
 
 Everything is written to a temporary name in the same folder and renamed into place, so a killed
-run never leaves a half-written file that a later reader would trust.
+run never leaves a half-written file that a later reader would trust. Text written here passes
+through `redact`: the value of any environment variable whose name says it is a secret (API keys,
+tokens, passwords) is replaced by its name, so a key that found its way into a config is never saved.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,23 @@ WEIGHTS = "trainable.safetensors"
 DONE = "DONE"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def secrets() -> dict[str, str]:
+    """Environment variables that hold secrets, by name (values of 6 characters or more)."""
+    not_secret = ("_SOCK", "_PATH", "_DIR", "_FILE")  # where a secret lives, not the secret
+    return {k: v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 6 and not k.endswith(not_secret)}
+
+
+def redact(text: str) -> str:
+    """`text` with every secret's value (also JSON-escaped) replaced by `<redacted:NAME>`."""
+    for name, value in sorted(secrets().items(), key=lambda kv: -len(kv[1])):
+        for form in {value, json.dumps(value)[1:-1]}:
+            text = text.replace(form, f"<redacted:{name}>")
+    return text
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -46,11 +66,11 @@ def _atomic(path: Path, write: Any) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    _atomic(path, lambda tmp: Path(tmp).write_text(redact(json.dumps(data, indent=2, sort_keys=True)) + "\n"))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    _atomic(path, lambda tmp: Path(tmp).write_text(redact(text)))
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

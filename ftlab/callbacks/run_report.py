@@ -110,6 +110,10 @@ class RunReport(pl.Callback):
         self._window_start = time.perf_counter()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ftlab.callbacks.preemption import preempted
+
+        if preempted(trainer):  # unfinished: no summary, no DONE; `--ckpt_path last` resumes it
+            return
         root = Path(trainer.default_root_dir)
         summary = self.summary(trainer, pl_module)
         weights = pl_module.trainable_state_dict(gather=True)  # a collective under FSDP: every rank gathers

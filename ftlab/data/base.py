@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from ftlab.data.files import load_rows
+from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
@@ -39,8 +40,12 @@ class FineTuneDataModule(pl.LightningDataModule):
         batch_size: Examples per training batch (per device).
         eval_batch_size: Examples per validation batch; defaults to batch_size.
         max_length: Longest sequence in tokens; longer rows are truncated and counted.
-        limit: Use only the first `limit` training rows (a data budget).
-        seed: Seed of the validation split.
+        limit: A data budget: use only `limit` training rows, the first ones of the train files in
+            order (the default), or with `limit_random` a sample drawn with `seed` from all of them
+            (kept in file order). Rows are counted as read, before filtering and before the
+            `val_fraction` split; give a separate `val` to keep validation fixed across budgets.
+        limit_random: Draw the `limit` rows at random (seeded) instead of taking the first ones.
+        seed: Seed of the validation split and of a random `limit`.
         num_workers: DataLoader worker processes.
         tokenizer: A tokenizer name or folder; defaults to the run's backbone tokenizer.
     """
@@ -56,6 +61,7 @@ class FineTuneDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         max_length: int = 512,
         limit: int | None = None,
+        limit_random: bool = False,
         seed: int = 0,
         num_workers: int = 0,
         tokenizer: str | None = None,
@@ -73,7 +79,10 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_length = max_length
+        if limit is not None and limit < 1:
+            raise FTLabError(f"data limit must be at least 1 row, got {limit}")
         self.limit = limit
+        self.limit_random = limit_random
         self.seed = seed
         self.num_workers = num_workers
         self.tokenizer_name = tokenizer
@@ -124,22 +133,40 @@ class FineTuneDataModule(pl.LightningDataModule):
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
 
+    def _random_rows(self, specs: list[str], limit: int) -> list[tuple[str, Dataset]]:
+        """`limit` rows drawn with `seed` from all files together, each file's kept in file order."""
+        tables = [(spec, load_rows(spec)) for spec in specs]
+        total = sum(len(rows) for _, rows in tables)
+        picked = set(random.Random(self.seed).sample(range(total), min(limit, total)))
+        out, start = [], 0
+        for spec, rows in tables:
+            mine = [i - start for i in range(start, start + len(rows)) if i in picked]
+            start += len(rows)
+            if mine:
+                out.append((spec, rows.select(mine)))
+        return out
+
     def _read(self, specs: list[str], limit: int | None) -> list[Any]:
         examples: list[Any] = []
+        if limit is not None and self.limit_random:
+            return [ex for spec, rows in self._random_rows(specs, limit) for ex in self._built(rows, spec)]
         for spec in specs:
             rows = load_rows(spec)
-            if limit is not None:
+            if limit is not None:  # the first rows, across files in order
                 rows = rows.select(range(min(limit - len(examples), len(rows))))
-            built = self.build(rows, spec)
-            if not built:
-                raise FTLabError(
-                    f"data file {spec} has no usable row left after filtering "
-                    f"({self.describe_stats()}; max_length={self.max_length})"
-                )
-            examples += built
+            examples += self._built(rows, spec)
             if limit is not None and len(examples) >= limit:
                 break
         return examples
+
+    def _built(self, rows: Dataset, spec: str) -> list[Any]:
+        built = self.build(rows, spec)
+        if not built:
+            raise FTLabError(
+                f"data file {spec} has no usable row left after filtering "
+                f"({self.describe_stats()}; max_length={self.max_length})"
+            )
+        return built
 
     def describe_stats(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.stats.items())
@@ -165,14 +192,24 @@ class FineTuneDataModule(pl.LightningDataModule):
         log.info("data: %s", self.describe_stats())
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # order = f(seed, epoch), and resumable inside an epoch (see ftlab.data.resumable)
+        return ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
             shuffle=True,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             drop_last=False,
+            seed=self.seed,
+            progress=self.progress,
         )
+
+    def progress(self) -> tuple[int, int]:
+        """(epoch, batches processed in it) of the training loop; (0, 0) outside a fit."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_set:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
-from torch import nn
-from torchmetrics import Metric
 
 from ftlab.callbacks.generation_eval import FILE, GenerationEval
 from ftlab.data import MixtureDataModule, PreferenceDataModule, SFTDataModule
@@ -53,38 +52,6 @@ def test_loreft_sft_loss_falls_and_dpo_runs(tiny_llama, sft_file: Path, tmp_path
     assert abs(summary["train_loss_first"] - 0.6931) < 1e-3  # identity at step 0: policy = reference, ln 2
 
 
-class PerTaskModule(FineTuneModule):
-    """The validation_step proposed for FineTuneModule: one copy of the objective's metrics per val set."""
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        names = getattr(self.trainer.datamodule, "val_names", [])
-        own = {n: m for n, m in self.objective.named_children() if isinstance(m, Metric)}
-        self.task_metrics = nn.ModuleDict({t: nn.ModuleDict({n: m.clone() for n, m in own.items()}) for t in names})
-
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        task = self.trainer.datamodule.val_names[dataloader_idx]
-        mine = self.task_metrics[task]
-        originals = {n: getattr(self.objective, n) for n in mine}
-        for n, m in mine.items():  # the objective updates this task's metrics
-            setattr(self.objective, n, m)
-        try:
-            metrics = self.objective.validation_step(self.context(), batch)
-        finally:
-            for n, m in originals.items():
-                setattr(self.objective, n, m)
-        for name, value in metrics.items():
-            attribute = next((f"task_metrics.{task}.{n}" for n, m in mine.items() if m is value), None)
-            self.log(
-                f"val/{task}/{name}",
-                value,
-                on_epoch=True,
-                batch_size=len(batch),
-                add_dataloader_idx=False,
-                metric_attribute=attribute,
-            )
-
-
 def test_mixture_fits_and_validates_per_task(tiny_llama, tmp_path: Path) -> None:
     a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Say {i}.", "output": f"number {i}"} for i in range(24)])
     b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"Echo {i}", "output": f"{i} {i} {i}"} for i in range(12)])
@@ -96,15 +63,16 @@ def test_mixture_fits_and_validates_per_task(tiny_llama, tmp_path: Path) -> None
         }
         return MixtureDataModule(tasks=tasks, weights={"say": 1.0, "echo": 1.0})
 
-    for cls, keys in ((FineTuneModule, {"val/loss"}), (PerTaskModule, {"val/say/loss", "val/echo/loss"})):
-        pl.seed_everything(0)
-        module = cls(tiny_llama, LoReFT(r=2, first=4), SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
-        run = trainer(tmp_path / cls.__name__, 4)
-        run.fit(module, mixture())
-        logged = {k for k in run.callback_metrics if k.startswith("val/") and k.endswith("loss")}
-        assert logged == keys
-    per_task = {k: float(run.callback_metrics[k]) for k in keys}
+    pl.seed_everything(0)
+    module = FineTuneModule(tiny_llama, LoReFT(r=2, first=4), SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    run = trainer(tmp_path / "mixture", 4)
+    run.fit(module, mixture())
+    logged = {k for k in run.callback_metrics if k.startswith("val/") and k.endswith("loss")}
+    assert logged == {"val/say/loss", "val/echo/loss", "val/loss"}
+    per_task = {k: float(run.callback_metrics[k]) for k in logged}
     assert per_task["val/say/loss"] != per_task["val/echo/loss"]
+    mean = (per_task["val/say/loss"] + per_task["val/echo/loss"]) / 2
+    assert per_task["val/loss"] == pytest.approx(mean, rel=1e-6)  # val/loss: the unweighted mean over tasks
 
 
 def test_generation_eval_writes_answers_and_summary_metrics(tiny_llama, sft_file: Path, tmp_path: Path) -> None:
