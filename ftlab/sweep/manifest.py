@@ -1,0 +1,124 @@
+"""The manifest: one line per cell, with a stable run id and the exact command that runs it.
+
+    <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "command"} per cell
+    <study dir>/commands.tsv     id, run folder and command per line (line i+1 = cell i; read by SLURM)
+    <study dir>/study.json       what results need: name, metric, mode, seed axis, axis names, skipped cells
+    <study dir>/runs/<id>/       each cell's run folder (trainer.default_root_dir)
+    <study dir>/logs/<id>.log    each cell's output
+
+The id is `<axis labels>-<8 hex>`, the hex a SHA-256 of the cell's config files (in order) and its overrides
+(sorted by key), so it depends on the arguments, not on how a mapping was ordered. Editing a config file's
+contents does not change the id: a rerun skips the cells already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ftlab import runfolder
+from ftlab.errors import FTLabError
+from ftlab.sweep.study import Cell, Study
+
+MANIFEST = "manifest.jsonl"
+COMMANDS = "commands.tsv"
+STUDY = "study.json"
+RUNS = "runs"
+LOGS = "logs"
+
+
+@dataclass
+class Entry:
+    index: int
+    id: str
+    axes: dict[str, str]
+    run_dir: str
+    argv: list[str]
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["python", "-m", "ftlab", "fit", *self.argv])
+
+
+def arg_value(value: Any) -> str:
+    """A value as jsonargparse reads it back from `--key=value` (YAML flow syntax; strings as they are)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def run_id(cell: Cell) -> str:
+    payload = json.dumps({"configs": cell.configs, "overrides": sorted(cell.overrides.items())}, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
+    label = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(cell.axes.values()))[:80]
+    return f"{label}-{digest}" if label else digest
+
+
+def cell_argv(cell: Cell) -> list[str]:
+    args = [a for path in cell.configs for a in ("--config", path)]
+    return args + [f"--{k}={arg_value(v)}" for k, v in sorted(cell.overrides.items())]
+
+
+def wandb_argv(study: Study, cell_id: str, axes: dict[str, str]) -> list[str]:
+    """W&B logger arguments: one project per study, group = study, name = cell id, tags = axis values.
+
+    The W&B logger must be the last logger in the list (experiments/loggers/wandb.yaml, composed last)."""
+    spec = dict(study.wandb or {})
+    config = spec.pop("config", "experiments/loggers/wandb.yaml")
+    values = {"project": spec.pop("project", study.name), "group": study.name, "name": cell_id}
+    values |= {"tags": [f"{a}={v}" for a, v in axes.items()], "config": {"study": study.name, **axes}, **spec}
+    return ["--config", config, *(f"--trainer.logger.init_args.{k}={arg_value(v)}" for k, v in values.items())]
+
+
+def build(study: Study, cells: list[Cell]) -> list[Entry]:
+    entries, seen = [], {}
+    for index, cell in enumerate(cells):
+        cid = run_id(cell)
+        digest = cid.rsplit("-", 1)[-1]
+        if digest in seen:
+            raise study.error("axes", f"cells {seen[digest]} and {cid} have the same arguments (run id hash {digest})")
+        seen[digest] = cid
+        run_dir = str(study.output / RUNS / cid)
+        argv = cell_argv(cell) + (wandb_argv(study, cid, cell.axes) if study.wandb else [])
+        entries.append(Entry(index, cid, cell.axes, run_dir, [*argv, f"--trainer.default_root_dir={run_dir}"]))
+    return entries
+
+
+def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
+    out = study.output
+    lines = [json.dumps({**asdict(e), "command": e.command}) + "\n" for e in entries]
+    runfolder.write_text(out / MANIFEST, "".join(lines))
+    runfolder.write_text(out / COMMANDS, "".join(f"{e.id}\t{e.run_dir}\t{e.command}\n" for e in entries))
+    meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
+    meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}
+    runfolder.write_json(out / STUDY, meta)
+    (out / LOGS).mkdir(parents=True, exist_ok=True)
+
+
+def read(study_dir: Path) -> tuple[dict[str, Any], list[Entry]]:
+    meta_path, manifest = study_dir / STUDY, study_dir / MANIFEST
+    if not manifest.is_file() or not meta_path.is_file():
+        raise FTLabError(f"{study_dir} is not a study folder (no {MANIFEST} or {STUDY}); run `ftlab sweep` first")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    entries = [Entry(r["index"], r["id"], r["axes"], r["run_dir"], r["argv"]) for r in rows]
+    return json.loads(meta_path.read_text()), entries
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / runfolder.DONE).is_file()
+
+
+def resume_argv(run_dir: Path) -> list[str]:
+    """`--ckpt_path <newest checkpoint>` when a killed or requeued run left one (SLURM's hpc_ckpt_N.ckpt, or
+    the last checkpoint), so the rerun continues instead of starting over; `--overwrite=true` when it failed
+    before any checkpoint; the same rule as array.sbatch."""
+    found = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / runfolder.CHECKPOINTS / "last.ckpt"]
+    found = [p for p in found if p.is_file()]
+    if found:
+        return ["--ckpt_path", str(max(found, key=lambda p: p.stat().st_mtime))]
+    # a cell that failed before its first checkpoint starts over (a run refuses a used folder without the flag)
+    return ["--overwrite=true"] if (run_dir / runfolder.CONFIG).is_file() else []

@@ -1,0 +1,114 @@
+"""Launching: incompatible cells are listed and skipped before anything runs; the local launcher skips done
+cells, resumes and redoes failed ones, goes on after a failure; the SLURM script is rendered from the study."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftlab.errors import FTLabError
+from ftlab.sweep.cli import sweep
+from ftlab.sweep.local import run_local
+from ftlab.sweep.manifest import Entry, resume_argv
+from ftlab.sweep.slurm import ranges, sbatch_lines
+from ftlab.sweep.study import load_study
+from tests.conftest import REPO
+
+# a stand-in for `python -m ftlab fit`: writes DONE into its run folder unless told to fail
+FAKE_FIT = """
+import sys, pathlib
+args = sys.argv[1:]
+print("args", args)
+root = pathlib.Path([a.split("=", 1)[1] for a in args if a.startswith("--trainer.default_root_dir=")][0])
+root.mkdir(parents=True, exist_ok=True)
+if "--fail" in args:
+    sys.exit(3)
+(root / "DONE").write_text("")
+"""
+
+
+def entry(tmp_path: Path, index: int, name: str, *extra: str) -> Entry:
+    run_dir = tmp_path / "runs" / name
+    return Entry(index, name, {"m": name}, str(run_dir), [*extra, f"--trainer.default_root_dir={run_dir}"])
+
+
+def test_local_rerun_skips_done_cells_and_redoes_failed_ones(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    done, broken, failing = entry(tmp_path, 0, "done"), entry(tmp_path, 1, "broken"), entry(tmp_path, 2, "x", "--fail")
+    Path(done.run_dir).mkdir(parents=True)
+    (Path(done.run_dir) / "DONE").write_text("")
+    last = Path(broken.run_dir) / "checkpoints" / "last.ckpt"  # a killed run left a checkpoint
+    last.parent.mkdir(parents=True)
+    last.write_text("")
+    program = [sys.executable, "-c", FAKE_FIT]
+    status = run_local([done, broken, failing], tmp_path, parallel=2, program=program)
+    assert status == {"done": "done-before", "broken": "done", "x": "failed (exit 3)"}
+    assert not (tmp_path / "logs" / "done.log").exists()
+    assert f"'--ckpt_path', '{last}'" in (tmp_path / "logs" / "broken.log").read_text()
+    again = run_local([done, broken, failing], tmp_path, program=program)
+    assert again == {"done": "done-before", "broken": "done-before", "x": "failed (exit 3)"}
+    assert (tmp_path / "logs" / "x.log").read_text().count("== ") == 2  # one log per cell, attempts appended
+
+
+def test_resume_takes_the_newest_checkpoint(tmp_path: Path) -> None:
+    assert resume_argv(tmp_path) == []
+    (tmp_path / "config.yaml").write_text("")  # started, failed before any checkpoint: start over
+    assert resume_argv(tmp_path) == ["--overwrite=true"]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("")
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_text("")
+    os.utime(tmp_path / "checkpoints" / "last.ckpt", (1, 1))
+    assert resume_argv(tmp_path) == ["--ckpt_path", str(hpc)]
+
+
+def write_study(tmp_path: Path, launcher: dict | None = None) -> Path:
+    exp = REPO / "experiments"
+    spec = {
+        "output": str(tmp_path / "study"),
+        "base": [str(exp / "quickstart.yaml")],
+        "axes": {"method": [str(exp / "methods" / m) for m in ("lora.yaml", "feature_extraction.yaml")]},
+        "launcher": launcher or {},
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_incompatible_cells_are_listed_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sweep(str(write_study(tmp_path)), None, None, True, ["trainer.max_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells, 0 excluded, 1 incompatible" in out
+    assert "skip feature_extraction-" in out and "trains only an objective's head, and objective SFT has none" in out
+    assert "python -m ftlab fit --config" in out and "--trainer.max_steps=2" in out
+    assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
+def test_unknown_launcher_and_bad_keys_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(FTLabError, match=r"study .*s.yaml: launcher: unknown launcher pbs"):
+        sweep(str(write_study(tmp_path)), "pbs", None, True, [])
+    with pytest.raises(FTLabError, match=r"cell lora-\w+ does not parse: .*--trainer.max_stepz"):
+        sweep(str(write_study(tmp_path)), None, None, True, ["trainer.max_stepz=2"])
+
+
+def test_slurm_script_takes_tasks_from_devices(tmp_path: Path) -> None:
+    study = load_study(
+        write_study(tmp_path, {"slurm": {"time": "01:00:00", "signal_seconds": 90, "gres": "gpu:a100:2"}})
+    )
+    lines = sbatch_lines(study, "s", devices=2, num_nodes=1, accelerator="gpu")
+    assert "#SBATCH --ntasks-per-node=2" in lines and "#SBATCH --signal=USR1@90" in lines
+    assert "#SBATCH --gres=gpu:a100:2" in lines and "#SBATCH --time=01:00:00" in lines and "#SBATCH --requeue" in lines
+    one = sbatch_lines(study, "s", devices=1, num_nodes=1, accelerator="cpu")
+    assert "#SBATCH --signal=B:USR1@90" in one and "#SBATCH --ntasks-per-node=1" in one
+    assert ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and ranges([3]) == "3"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "experiments" / "sweeps").glob("*.yaml")))
+def test_shipped_studies_compose(name: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(REPO)
+    assert sweep(f"experiments/sweeps/{name}", None, None, True, []) == 0
+    assert "python -m ftlab fit --config experiments/" in capsys.readouterr().out
