@@ -8,6 +8,7 @@ from ftlab.data.mixture import MixtureDataModule
 from ftlab.data.preference import PreferenceDataModule
 from ftlab.data.prompts import PromptDataModule
 from ftlab.data.sft import SFTDataModule
+from ftlab.data.text import TextDataModule
 
 __all__ = [
     "ClassificationDataModule",
@@ -18,4 +19,5 @@ __all__ = [
     "PreferenceDataModule",
     "PromptDataModule",
     "SFTDataModule",
+    "TextDataModule",
 ]
