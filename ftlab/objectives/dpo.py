@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric
 
 from ftlab.batches import PreferenceBatch
 from ftlab.objectives.base import Metrics, Objective, StepContext
-from ftlab.objectives.token_logps import labelled_logits, sequence_logps
+from ftlab.objectives.token_logps import labelled_logps, row_sums, sequence_logps
 
 __all__ = ["DPO", "IPO", "PreferenceLoss", "Sigmoid", "preference_logits", "sequence_logps"]
 
@@ -68,8 +68,8 @@ class IPO(PreferenceLoss):
 
 def answer_logps(model: torch.nn.Module, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probabilities of the chosen and rejected halves, one forward pass: ([B], [B])."""
-    logits, labels = labelled_logits(model, batch.input_ids, batch.labels, attention_mask=batch.attention_mask)
-    logps = sequence_logps(logits, labels)
+    tokens, rows = labelled_logps(model, batch.input_ids, batch.labels, attention_mask=batch.attention_mask)
+    logps = row_sums(tokens, rows, batch.input_ids.shape[0])
     return logps[: len(batch)], logps[len(batch) :]
 
 

@@ -52,6 +52,9 @@ class GRPO(Objective):
         loss_level: token (average over all completion tokens of the batch) or sequence (per sequence, then mean).
         updates_per_batch: μ, optimizer steps per rollout batch.
         max_grad_norm: Gradient-norm clipping of each update.
+        merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
+            (faster decoding; but the frozen base weights, the reference, come back only within float32
+            rounding, about 1e-7 relative per step).
     """
 
     batch_type: ClassVar[type] = PromptBatch
@@ -71,6 +74,7 @@ class GRPO(Objective):
         loss_level: Literal["token", "sequence"] = "token",
         updates_per_batch: int = 1,
         max_grad_norm: float | None = 1.0,
+        merge_for_sampling: bool = False,
     ) -> None:
         super().__init__()
         from ftlab.errors import FTLabError
@@ -94,11 +98,19 @@ class GRPO(Objective):
         self.loss_level = loss_level
         self.updates_per_batch = updates_per_batch
         self.max_grad_norm = max_grad_norm
+        self.merge_for_sampling = merge_for_sampling
 
     def rollout(self, ctx: StepContext, batch: PromptBatch, num_samples: int) -> tuple[Rollout, float]:
         started = time.perf_counter()
         rollout = sample(
-            ctx.model, ctx.tokenizer, batch, num_samples, self.max_new_tokens, self.temperature, self.top_p
+            ctx.model,
+            ctx.tokenizer,
+            batch,
+            num_samples,
+            self.max_new_tokens,
+            self.temperature,
+            self.top_p,
+            merge=self.merge_for_sampling,
         )
         return rollout, time.perf_counter() - started
 

@@ -2,7 +2,16 @@
 
 `sample` runs transformers' `generate` (KV cache, sampling with temperature/top-p, no top-k unless
 asked, stop at EOS) without gradients and without dropout on left-padded prompts; each prompt's G
-samples are adjacent. A completion's mask covers its tokens up to and including the first EOS;
+samples are adjacent. Two savings, each equal to plain `generate` up to float rounding (tested with
+greedy decoding): each prompt is prefilled once, not G times (its KV cache repeated G times before
+`generate` continues from it); and, opt-in (`merge=True`), a LoRA-style peft adapter is merged into the
+weights while sampling (one matmul per linear layer and decode step instead of three), then unmerged.
+Unmerging subtracts the same update, so the frozen base weights come back only to within float32
+rounding (about 1e-7 relative per step, a random walk over a run; TRL merges and unmerges the same way to
+sync vLLM): the reference policy, which is the base model, drifts by that much, hence opt-in. Never
+merged: quantized weights (the rounding to 4 bits would not come back) and adapters peft cannot merge.
+
+A completion's mask covers its tokens up to and including the first EOS;
 what follows is replaced by padding. `completion_logps` recomputes log π(token) for those tokens
 with position ids taken from the attention mask, as `generate` does, so left padding does not shift
 positions.
@@ -10,6 +19,8 @@ positions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +73,40 @@ def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
+def _mergeable(model: nn.Module) -> bool:
+    """A peft model whose adapters peft can merge into full-precision weights (LoRA and its kin)."""
+    if not hasattr(model, "merge_adapter") or _prompt_learning(model):
+        return False
+    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        return False
+    return not any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
+
+
+@contextmanager
+def merged(model: nn.Module, merge: bool = True) -> Iterator[nn.Module]:
+    """The model with its adapter merged into the weights inside the block (when it can be), unmerged after."""
+    if not (merge and _mergeable(model)):
+        yield model
+        return
+    with torch.no_grad():
+        model.merge_adapter()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()
+
+
+def _shared_prefill(model: nn.Module, batch: PromptBatch, num_samples: int) -> Any:
+    """The KV cache of every prompt but its last token, computed once and repeated `num_samples` times."""
+    ids, mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(num_samples)
+    return cache
+
+
 def sample(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -71,15 +116,21 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
+    merge: bool = False,
+    do_sample: bool = True,
 ) -> Rollout:
+    """G = `num_samples` completions per prompt (adjacent rows). `merge`: sample with the adapter merged;
+    `do_sample=False` decodes greedily (tests compare the fast paths with plain `generate` that way)."""
     stop = stop_ids(model, tokenizer)
+    # the prompt is prefilled once (below) when it has a token before the last and G > 1
+    share = num_samples > 1 and batch.input_ids.shape[1] > 1 and not _prompt_learning(model)
     config = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=top_k if do_sample else None,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=num_samples,
+        num_return_sequences=1 if share else num_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stop,
         use_cache=True,
@@ -87,10 +138,13 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=config
-            )
+        with torch.no_grad(), merged(model, merge):
+            extra: dict[str, Any] = {}
+            ids, mask = batch.input_ids, batch.attention_mask
+            if share:
+                extra["past_key_values"] = _shared_prefill(model, batch, num_samples)
+                ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
     finally:
         model.train(was_training)
     prompt_length = batch.input_ids.shape[1]

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 
 from ftlab.batches import SFTBatch
 from ftlab.objectives.base import Metrics, Objective, StepContext
-from ftlab.objectives.token_logps import IGNORE, labelled_logits, masked_nll
+from ftlab.objectives.token_logps import IGNORE, labelled_logps, masked_nll
 
 __all__ = ["IGNORE", "SFT", "TokenPerplexity", "masked_nll"]
 
@@ -37,15 +37,15 @@ class SFT(Objective):
         self.val_ppl = TokenPerplexity()
 
     def loss(self, ctx: StepContext, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, labels = labelled_logits(
+        logps, _ = labelled_logps(
             ctx.model,
             batch.input_ids,
             batch.labels,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
         )
-        total, count = masked_nll(logits, labels)
-        return total / count.clamp(min=1), count
+        count = torch.tensor(logps.numel(), device=logps.device)
+        return -logps.sum() / count.clamp(min=1), count
 
     def training_step(self, ctx: StepContext, batch: SFTBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, _ = self.loss(ctx, batch)

@@ -85,3 +85,66 @@ def test_reward_scores_the_last_real_token(tiny_llama) -> None:
 @pytest.mark.parametrize("objective", [DPO(), Reward()])
 def test_preference_objectives_consume_preference_batches(objective) -> None:
     assert objective.batch_type is PreferenceBatch
+
+
+def labelled_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three rows of 7 tokens: labels on a varying answer span, right padding (label -100) after it."""
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 0, 0, 0], [16, 17, 18, 19, 20, 21, 0]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:] = ids[0, 3:]
+    labels[1, 2:4] = ids[1, 2:4]
+    labels[2, 5:6] = ids[2, 5:6]
+    return ids, labels
+
+
+def test_head_on_labelled_positions_equals_the_full_logits(tiny_llama) -> None:
+    # the 2-D head ([M, H] @ [H, V] on the 4 + 2 + 1 labelled positions) against the full [N, T, V] logits:
+    # the same log-probabilities and gradients, within float32 rounding
+    from ftlab.methods import LoRA
+    from ftlab.objectives.token_logps import _HEAD_ON_HIDDEN, labelled_logps, token_logps
+
+    torch.manual_seed(0)
+    model = LoRA(r=4).apply(tiny_llama.load_model(AutoModelForCausalLM))
+    ids, labels = labelled_rows()
+    mask = (ids != 0).long()
+    fast, rows = labelled_logps(model, ids, labels, attention_mask=mask)
+    assert _HEAD_ON_HIDDEN[model] is True and rows.tolist() == [0, 0, 0, 0, 1, 1, 2]
+    fast.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    full, full_rows = token_logps(model(input_ids=ids, attention_mask=mask).logits, labels)
+    full.sum().backward()
+    assert torch.equal(rows, full_rows)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_that_rescales_its_logits_falls_back_to_the_logits(tiny_llama) -> None:
+    # a model whose logits are not head(last hidden state) (here: doubled, as a logit scale would) is
+    # detected on first use and scored from its own logits
+    from ftlab.objectives.token_logps import _HEAD_ON_HIDDEN, labelled_logps, token_logps
+
+    class Doubled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return self.inner.get_output_embeddings()
+
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    model = Doubled(tiny_llama.load_model(AutoModelForCausalLM))
+    ids, labels = labelled_rows()
+    with torch.no_grad():
+        fast, _ = labelled_logps(model, ids, labels)
+        again, _ = labelled_logps(model, ids, labels)  # the decision is remembered
+        full, _ = token_logps(model(input_ids=ids).logits, labels)
+    assert _HEAD_ON_HIDDEN[model] is False
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, full, rtol=1e-5, atol=1e-5)

@@ -22,8 +22,13 @@ def prompts(tokenizer, texts: list[str]) -> PromptBatch:
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     tokenizer.padding_side = side
-    return PromptBatch(enc["input_ids"], enc["attention_mask"], torch.arange(len(texts)), prompts=texts,
-                       columns={"answer": [str(i) for i in range(len(texts))]})
+    return PromptBatch(
+        enc["input_ids"],
+        enc["attention_mask"],
+        torch.arange(len(texts)),
+        prompts=texts,
+        columns={"answer": [str(i) for i in range(len(texts))]},
+    )
 
 
 def test_samples_are_grouped_and_masked_after_eos(llama, tokenizer) -> None:
@@ -57,8 +62,15 @@ def test_left_padding_does_not_change_log_probs(llama, tokenizer) -> None:
         logps, entropy, _ = completion_logps(llama, rollout)
         # row 1 again without its left padding
         keep = rollout.attention_mask[1].bool()
-        alone = Rollout(rollout.sequences[1:, keep], rollout.attention_mask[1:, keep], rollout.completion_mask[1:],
-                        int(batch.attention_mask[1].sum()), ["a"], rollout.completions[1:], rollout.completion_ids[1:])
+        alone = Rollout(
+            rollout.sequences[1:, keep],
+            rollout.attention_mask[1:, keep],
+            rollout.completion_mask[1:],
+            int(batch.attention_mask[1].sum()),
+            ["a"],
+            rollout.completions[1:],
+            rollout.completion_ids[1:],
+        )
         single, _, _ = completion_logps(llama, alone)
     mask = rollout.completion_mask[1].bool()
     torch.testing.assert_close(logps[1][mask], single[0][mask], rtol=1e-4, atol=1e-4)
@@ -66,8 +78,16 @@ def test_left_padding_does_not_change_log_probs(llama, tokenizer) -> None:
 
 
 def test_reward_sources_weigh_and_check(tokenizer) -> None:
-    rollout = Rollout(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), torch.ones(2, 2), 1, ["p", "q"],
-                      ["yes", "no"], [[1], [2]], {"answer": ["yes", "yes"]})
+    rollout = Rollout(
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.ones(2, 3),
+        torch.ones(2, 2),
+        1,
+        ["p", "q"],
+        ["yes", "no"],
+        [[1], [2]],
+        {"answer": ["yes", "yes"]},
+    )
 
     def exact(prompts, completions, completion_ids, answer, **_) -> list[float]:
         return [float(c == a) for c, a in zip(completions, answer, strict=True)]
@@ -75,8 +95,9 @@ def test_reward_sources_weigh_and_check(tokenizer) -> None:
     def length(prompts, completions, completion_ids, **_) -> list[float]:
         return [len(c) for c in completions]
 
-    total, parts = total_reward([FunctionReward(exact, weight=2.0), FunctionReward(length, weight=0.5)], rollout,
-                                torch.device("cpu"))
+    total, parts = total_reward(
+        [FunctionReward(exact, weight=2.0), FunctionReward(length, weight=0.5)], rollout, torch.device("cpu")
+    )
     assert total.tolist() == [2.0 + 1.5, 0.0 + 1.0] and parts["reward/exact"].item() == 0.5
     with pytest.raises(FTLabError, match="reward broken returned 1 values for 2 completions"):
         FunctionReward(lambda **_: [1.0], name="broken").score(rollout, torch.device("cpu"))
@@ -120,3 +141,65 @@ def test_shared_prompt_pass_equals_the_full_pass(tiny_llama, tokenizer) -> None:
     for n, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def lora_model(tiny_llama, scale: float = 0.1):
+    """A LoRA model whose adapter changes the outputs (B drawn, not zero)."""
+    from ftlab.methods import LoRA
+
+    torch.manual_seed(0)
+    model = LoRA(r=4).apply(tiny_llama.load_model(AutoModelForCausalLM))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, scale)
+    return model
+
+
+def plain_greedy(model, tokenizer, batch: PromptBatch, num_samples: int, max_new_tokens: int) -> torch.Tensor:
+    """`generate` as it comes: each prompt prefilled once per sample (as `num_return_sequences` does), unmerged."""
+    with torch.no_grad():
+        return model.eval().generate(
+            input_ids=batch.input_ids.repeat_interleave(num_samples, 0),
+            attention_mask=batch.attention_mask.repeat_interleave(num_samples, 0),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+
+def test_shared_prefill_and_merged_adapter_sample_as_plain_generate(tiny_llama, tokenizer) -> None:
+    # greedy decoding, left-padded prompts of different lengths: the prompt prefilled once per group and
+    # the LoRA update merged give the very tokens of plain `generate` (every prompt prefilled G times)
+    model = lora_model(tiny_llama)
+    batch = prompts(tokenizer, ["hello there friend, how are you", "a b", "the cat"])
+    expected = plain_greedy(model, tokenizer, batch, 3, 8)
+    for merge in (False, True):
+        rollout = sample(model, tokenizer, batch, 3, 8, merge=merge, do_sample=False)
+        assert rollout.group == 3 and rollout.sequences.shape[0] == 9
+        width = min(expected.shape[1], rollout.sequences.shape[1])
+        kept = rollout.attention_mask[:, :width].bool()
+        assert torch.equal(rollout.sequences[:, :width][kept], expected[:, :width][kept])
+
+
+def test_merged_sampling_gives_the_weights_back(tiny_llama, tokenizer) -> None:
+    # merge, then unmerge: the base weights come back within float32 rounding, the adapter is active again,
+    # and the merged model's logits equal the adapter's (within 1e-5)
+    from ftlab.objectives.rollouts import merged
+
+    model = lora_model(tiny_llama)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = prompts(tokenizer, ["hello there friend"]).input_ids
+    with torch.no_grad():
+        unmerged_logits = model(input_ids=ids).logits
+        with merged(model) as m:
+            merged_logits = m(input_ids=ids).logits
+            assert any(getattr(layer, "merged", False) for layer in model.modules())
+    torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-5, atol=1e-5)
+    assert not any(getattr(layer, "merged", False) for layer in model.modules())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=1e-6)
+    torch.manual_seed(1)
+    sample(model, tokenizer, prompts(tokenizer, ["hello"]), num_samples=2, max_new_tokens=4, merge=True)
+    assert max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()) < 1e-6
