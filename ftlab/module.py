@@ -179,6 +179,11 @@ class FineTuneModule(pl.LightningModule):
 
     # --- steps
     def _checked(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Stop on a NaN/inf loss. Reading the value waits for an accelerator, so off the CPU the check runs
+        at logging steps only (where Lightning reads the loss anyway), naming the step it was seen at."""
+        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1
+        if loss.device.type != "cpu" and self.global_step % every:
+            return loss
         if not torch.isfinite(loss):
             raise FTLabError(
                 f"the training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "

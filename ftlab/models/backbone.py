@@ -169,7 +169,9 @@ class TinyBackbone(Backbone):
             model.save_pretrained(str(out))
             tok.save_pretrained(str(out))
 
-        return cached_dir("backbones", key, build)
+        other_rank = torch.distributed.is_available() and torch.distributed.is_initialized()
+        other_rank = other_rank and torch.distributed.get_rank() != 0
+        return cached_dir("backbones", key, build, wait=other_rank)
 
     def load_model(self, model_class: Any, **kwargs: Any) -> PreTrainedModel:
         folder = str(self.model_dir(model_class))

@@ -2,7 +2,8 @@
 
 `FTLAB_CACHE` sets the folder (default `~/.cache/ftlab`). Entries are keyed by a hash of what
 made them and written to a temporary folder that is renamed into place, so concurrent processes
-(DDP ranks, sweep cells) never read a half-written entry.
+(DDP ranks, sweep cells) never read a half-written entry. Under a process group only global rank 0
+builds model folders (transformers' `save_pretrained` writes nothing on other ranks); the others wait.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,15 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cached_dir(kind: str, key: Any, build: Callable[[Path], None]) -> Path:
-    """Return `<cache>/<kind>/<hash(key)>`, calling `build(tmp_dir)` once to fill it."""
+def cached_dir(kind: str, key: Any, build: Callable[[Path], None], wait: bool = False, timeout: float = 900) -> Path:
+    """Return `<cache>/<kind>/<hash(key)>`, calling `build(tmp_dir)` once to fill it. With `wait`, never build:
+    wait for another process to (a rank other than 0, where transformers saves nothing)."""
     final = cache_root() / kind / stable_hash(key)
+    deadline = time.monotonic() + timeout
+    while wait and not final.is_dir():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {final} to be built by rank 0")
+        time.sleep(0.2)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

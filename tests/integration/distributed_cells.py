@@ -50,6 +50,7 @@ def method(name: str) -> Any:
         "prefix": lambda: methods.PrefixTuning(num_virtual_tokens=4),
         "prompt": lambda: methods.PromptTuning(num_virtual_tokens=4, init="vocab"),
         "feature_extraction": methods.FeatureExtraction,
+        "reft": lambda: methods.LoReFT(r=2, layers=[0], first=4),
     }[name]()
 
 

@@ -187,6 +187,7 @@ METHODS = [
     "prefix",
     "prompt",
     "feature_extraction",
+    "reft",
 ]
 OBJECTIVES = ["sft", "dpo", "reward", "classification", "grpo", "ppo"]
 
