@@ -7,10 +7,12 @@ traceback, and nothing written over: the run folder's existing files are unchang
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from ftlab.cli import main
 from tests.conftest import REPO, write_jsonl
@@ -41,7 +43,6 @@ def finished_run(tmp: Path) -> list[str]:
 
 def checkpoint_of_another_method(tmp: Path) -> list[str]:
     import lightning
-    import torch
 
     state = {"state_dict": {"model.not.a.weight": torch.zeros(1)}, "pytorch-lightning_version": lightning.__version__}
     torch.save(state, tmp / "other.ckpt")
@@ -151,8 +152,15 @@ def test_bad_input_is_one_clear_sentence(
     extra = build(tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(BASE), *DEFAULTS, *extra, f"--trainer.default_root_dir={run}"])
+    environ = dict(os.environ)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(BASE), *DEFAULTS, *extra, f"--trainer.default_root_dir={run}"])
+    finally:  # a strategy refused at setup has set up a process group already: leave none behind
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
     err = capsys.readouterr().err
     assert exit_info.value.code not in (0, None), err
     assert expected in err, err[-1500:]

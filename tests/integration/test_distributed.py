@@ -65,7 +65,9 @@ def cell(name: str, strategy: str, method: str, objective: str, data: Path, batc
 
 def launch(spec: list[dict], out: Path) -> None:
     (out / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a process group left by another test (MASTER_PORT, ranks) must not leak into the launched ranks
+    leaked = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK"}
+    env = {**{k: v for k, v in os.environ.items() if k not in leaked}, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(out / "spec.json"), str(out)],
         env=env,
