@@ -38,7 +38,10 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        text = runfolder.redact(self.parser.dump(self.config, skip_none=False))
+        config = self.config.clone()
+        config.overwrite = False  # replaying the saved config must never delete a run's outputs
+        config.ckpt_path = None  # nor silently resume one
+        text = runfolder.redact(self.parser.dump(config, skip_none=False))
         if trainer.is_global_zero:
             runfolder.write_text(Path(trainer.default_root_dir) / runfolder.CONFIG, text)
         hparams = yaml.safe_load(text)
@@ -61,9 +64,11 @@ def guard_run_folder(config: Namespace) -> None:
             f"run folder {root} already holds {state}; resume it with --ckpt_path last, "
             "pass --overwrite true to start over, or choose another --trainer.default_root_dir"
         )
+    if any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return  # start over once: the first process clears, the ranks it launches find the folder cleared
     for name in (runfolder.DONE, runfolder.SUMMARY, runfolder.WEIGHTS, runfolder.CHECKPOINTS, runfolder.LOGS):
         path = root / name  # start over: what the old run wrote goes, DONE first
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _entries(value: Any) -> list[Namespace]:

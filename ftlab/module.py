@@ -19,7 +19,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from ftlab import distributed
@@ -29,6 +28,7 @@ from ftlab.models.backbone import Backbone
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.regularizers.base import Regularizer
 from ftlab.runfolder import load_weights
+from ftlab.task_metrics import TaskMetrics
 
 PREFIX = "model."
 
@@ -97,8 +97,8 @@ class FineTuneModule(pl.LightningModule):
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
-        self.task_metrics: nn.ModuleDict | None = None
-        self._task_keys: dict[str, str] = {}
+        self.task_metrics: TaskMetrics | None = None
+        self._sharded_penalties = False
         self.strict_loading = False  # checkpoints hold trainable weights only; keys are checked below
         # online RL runs several optimizer steps per batch (rollouts, then updates): the module steps itself
         self.automatic_optimization = not objective.needs_rollouts
@@ -142,13 +142,7 @@ class FineTuneModule(pl.LightningModule):
             regularizer.check(self)
         # several validation sets (a task mixture): each gets its own copy of the objective's metrics
         names = list(getattr(self.trainer.datamodule, "val_names", None) or [])
-        own = {n: m for n, m in self.objective.named_children() if isinstance(m, Metric)}
-        self.task_metrics = (
-            nn.ModuleDict({t: nn.ModuleDict({n: m.clone() for n, m in own.items()}) for t in names})
-            if len(names) > 1
-            else None
-        )
-        self._task_keys: dict[str, str] = {}
+        self.task_metrics = TaskMetrics(self.objective, names) if len(names) > 1 else None
 
     def configure_callbacks(self) -> list[pl.Callback]:
         from ftlab.callbacks.preemption import Preemption
@@ -184,23 +178,46 @@ class FineTuneModule(pl.LightningModule):
         every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1
         if loss.device.type != "cpu" and self.global_step % every:
             return loss
-        if not torch.isfinite(loss):
+        bad = not torch.isfinite(loss)
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank stops, or none waits forever
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             raise FTLabError(
                 f"the training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
                 "lower the learning rate or check the data"
             )
         return loss
 
-    def _regularized(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The objective's loss plus every regularizer's penalty (each logged as `reg/<name>`)."""
+    def _penalties(self) -> dict[str, torch.Tensor]:
+        """Every regularizer's penalty, computed before the objective's forward pass: under FSDP the
+        parameters must be in their sharded form, like the anchors (the root's stay gathered after a
+        forward or `generate` until the next backward, so they are resharded first)."""
         if not len(self.regularizers):
-            return loss
+            return {}
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = isinstance(self.model, FSDPModule)
+        if sharded:
+            self.model.reshard()
         params = self.method.trainable_parameters(self.model)
-        for regularizer in self.regularizers:
-            term = regularizer.penalty(self.model, params)
-            metrics[f"reg/{regularizer.name}"] = term.detach()
+        penalties = {regularizer.name: regularizer.penalty(self.model, params) for regularizer in self.regularizers}
+        self._sharded_penalties = sharded
+        return penalties
+
+    def _regularized(self, loss: torch.Tensor, penalties: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
+        """The objective's loss plus the penalties (each logged as `reg/<name>`; `loss` is the total). Under
+        FSDP a rank's penalty covers its own shards: the logged value is summed over ranks."""
+        if not penalties:
+            return loss
+        shown = loss.detach()
+        for name, term in penalties.items():
+            value = term.detach().clone()
+            if self._sharded_penalties:
+                torch.distributed.all_reduce(value)
+            metrics[f"reg/{name}"] = value
+            shown = shown + value
             loss = loss + term
-        metrics["loss"] = loss.detach()
+        metrics["loss"] = shown
         return loss
 
     def _log_train(self, metrics: dict[str, torch.Tensor], batch_size: int, sync: bool = False) -> None:
@@ -218,8 +235,9 @@ class FineTuneModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if not self.automatic_optimization:
             return self._rollout_step(batch, batch_idx)
+        penalties = self._penalties()
         loss, metrics = self.objective.training_step(self.context(), batch)
-        loss = self._regularized(loss, metrics)
+        loss = self._regularized(loss, penalties, metrics)
         self._checked(loss, batch_idx)
         self._log_train(metrics, len(batch))
         return loss
@@ -231,8 +249,9 @@ class FineTuneModule(pl.LightningModule):
         buffer, metrics = self.objective.make_rollouts(self.context(), batch)
         updates: list[dict[str, torch.Tensor]] = []
         for minibatch in self.objective.minibatches(buffer):
+            penalties = self._penalties()
             loss, step_metrics = self.objective.training_step(self.context(), minibatch)
-            loss = self._regularized(loss, step_metrics)
+            loss = self._regularized(loss, penalties, step_metrics)
             optimizer.zero_grad()
             self.manual_backward(self._checked(loss, batch_idx))
             if self.objective.max_grad_norm:
@@ -267,36 +286,25 @@ class FineTuneModule(pl.LightningModule):
 
     def _validate_task(self, batch: Any, dataloader_idx: int) -> None:
         """One task of a mixture: the objective updates this task's metrics, logged as `val/<task>/<name>`."""
-        task = self.trainer.datamodule.val_names[dataloader_idx]
-        mine = self.task_metrics[task]
-        originals = {n: getattr(self.objective, n) for n in mine}
-        for n, m in mine.items():
-            setattr(self.objective, n, m)
-        try:
+        task = self.task_metrics.tasks[dataloader_idx]
+        with self.task_metrics.swapped(self.objective, task):
             metrics = self.objective.validation_step(self.context(), batch)
-        finally:
-            for n, m in originals.items():
-                setattr(self.objective, n, m)
         for name, value in metrics.items():
-            attribute = next((n for n, m in mine.items() if m is value), None)
-            if attribute is not None:
-                self._task_keys[name] = attribute
+            self.task_metrics.record(task, name, value, len(batch))
             self.log(
                 f"val/{task}/{name}",
                 value,
                 on_epoch=True,
                 batch_size=len(batch),
                 add_dataloader_idx=False,
-                metric_attribute=f"task_metrics.{task}.{attribute}" if attribute else None,
                 sync_dist=isinstance(value, torch.Tensor),
             )
 
     def on_validation_epoch_end(self) -> None:
         if self.task_metrics is None:
             return
-        for name, attribute in self._task_keys.items():  # val/<name>: the unweighted mean over the tasks
-            values = [self.task_metrics[t][attribute].compute() for t in self.task_metrics]
-            self.log(f"val/{name}", torch.stack([v.float() for v in values]).mean(), prog_bar=name == "loss")
+        for name, value in self.task_metrics.means().items():  # val/<name>: the unweighted mean over tasks
+            self.log(f"val/{name}", value, prog_bar=name == "loss", sync_dist=True)
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)

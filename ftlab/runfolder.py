@@ -69,8 +69,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(redact(json.dumps(data, indent=2, sort_keys=True)) + "\n"))
 
 
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(redact(text)))
+def write_text(path: Path, text: str, redact_secrets: bool = True) -> None:
+    """Atomically; secrets redacted unless the text is something to execute (a command that needs them)."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(redact(text) if redact_secrets else text))
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -53,6 +53,9 @@ class Preemption(pl.Callback):
         self._previous = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        accumulate = trainer.accumulate_grad_batches
+        if accumulate > 1 and (idx + 1) % accumulate and idx + 1 != trainer.num_training_batches:
+            return  # inside gradient accumulation: stop at the next optimizer step, not halfway through one
         stop = self.received is not None
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

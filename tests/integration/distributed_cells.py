@@ -122,11 +122,19 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
         return report
     pl.seed_everything(0)
     root = out / cell["name"]
+    regularizers = []
+    if cell.get("ewc"):  # old data: the cell's own SFT rows; a strength that makes the penalty matter
+        from ftlab.data import SFTDataModule
+        from ftlab.regularizers import EWC
+
+        old = SFTDataModule(train=cell["data"], max_length=64)
+        regularizers = [EWC(data=old, strength=cell["ewc"], samples=4, cache=False)]
     module = FineTuneModule(
         TinyBackbone(config=LLAMA, vocab_size=512),
         method(cell["method"]),
         objective(cell["objective"]),
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        regularizers=regularizers,
     )
     devices = 1 if cell["strategy"] == "single" else 2
     trainer = pl.Trainer(

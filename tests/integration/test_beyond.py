@@ -91,3 +91,24 @@ def test_generation_eval_writes_answers_and_summary_metrics(tiny_llama, sft_file
     metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
     for name in ("exact_match", "rougeL_f", "bleu", "gsm8k_accuracy"):
         assert 0.0 <= metrics[f"gen/{name}"] <= 1.0
+
+
+def test_mixture_of_preference_tasks_keeps_nested_metrics_apart(tiny_llama, tmp_path: Path) -> None:
+    """DPO keeps its metrics in a ModuleDict (`val["accuracy"]`, ...): each task still gets its own copy."""
+    rows = [
+        json.loads(line) for line in (REPO / "ftlab" / "assets" / "preference_pairs.jsonl").read_text().splitlines()
+    ]
+    a = write_jsonl(tmp_path / "a.jsonl", rows[:20])
+    b = write_jsonl(tmp_path / "b.jsonl", rows[20:])
+    tasks = {
+        "first": PreferenceDataModule(train=str(a), val_fraction=0.25, batch_size=4, max_length=64),
+        "second": PreferenceDataModule(train=str(b), val_fraction=0.25, batch_size=4, max_length=64),
+    }
+    pl.seed_everything(0)
+    module = FineTuneModule(tiny_llama, LoReFT(r=2, first=4), DPO(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    run = trainer(tmp_path / "dpo", 3)
+    run.fit(module, MixtureDataModule(tasks=tasks, weights={"first": 1.0, "second": 1.0}))
+    metrics = {k: float(v) for k, v in run.callback_metrics.items() if k.startswith("val/")}
+    assert {"val/first/loss", "val/second/loss", "val/loss"} <= set(metrics)
+    assert metrics["val/first/loss"] != metrics["val/second/loss"]
+    assert metrics["val/loss"] == pytest.approx((metrics["val/first/loss"] + metrics["val/second/loss"]) / 2, rel=1e-5)

@@ -119,6 +119,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cell("ddp_unused_gradual_sft", "ddp_unused", "gradual_unfreeze", "sft", sft),
         cell("fsdp_qlora_sft", "fsdp", "qlora", "sft", sft),
         *[
+            {**cell(f"{kind}_{m}_ewc", kind, m, "sft", sft), "ewc": 100.0}
+            for kind in ("ddp", "fsdp")
+            for m in ("full", "lora")
+        ],
+        *[
             {"name": f"cli_{kind}", "args": [*quick, "--config", f"experiments/base/trainer_{kind}.yaml"]}
             for kind in ("ddp", "fsdp")
         ],
@@ -146,6 +151,17 @@ def test_fsdp_equals_ddp(runs: Path, method: str) -> None:
     assert_close(sharded, replicated)
     if method == "full":  # the gathered checkpoint holds every weight, whole
         assert len(sharded) == len(weights(runs, "ddp_full_sft")) and all(v.ndim >= 1 for v in sharded.values())
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_ewc_under_fsdp_equals_ddp(runs: Path, method: str) -> None:
+    """The penalty, anchors and Fisher work on sharded parameters, embeddings and head included."""
+    assert_close(weights(runs, f"fsdp_{method}_ewc"), weights(runs, f"ddp_{method}_ewc"))
+    penalties = [r["metrics"]["train/reg/ewc"] for r in ranks(runs, f"fsdp_{method}_ewc")]
+    assert penalties[0] > 0 and penalties[0] == pytest.approx(penalties[1], rel=1e-6)
+    assert penalties[0] == pytest.approx(ranks(runs, f"ddp_{method}_ewc")[0]["metrics"]["train/reg/ewc"], rel=1e-4)
+    plain, regularized = weights(runs, f"ddp_{method}_sft"), weights(runs, f"ddp_{method}_ewc")
+    assert any(not torch.equal(plain[k], regularized[k]) for k in plain), "the penalty changed nothing"
 
 
 def test_grpo_under_ddp_agrees_across_ranks(runs: Path) -> None:

@@ -71,3 +71,5 @@ def test_starting_over_needs_overwrite_and_clears_the_old_outputs(
     (root / "notes.txt").write_text("mine")
     fit(tmp_path, root, "--overwrite=true")
     assert (root / "DONE").stat().st_mtime_ns != done_before and (root / "notes.txt").read_text() == "mine"
+    saved = (root / "config.yaml").read_text()  # replaying the saved config neither deletes nor resumes
+    assert "overwrite: false" in saved and "ckpt_path: null" in saved
