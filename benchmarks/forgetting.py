@@ -5,7 +5,7 @@
 1. Pretrains a tiny Llama-shaped base (hidden 128, 4 layers, BPE vocabulary 2048 trained on the text)
    on general text: WikiText-2 raw (the shared folder has the test split only; its last 10%, whole
    articles, is held out), every token labelled (`ftlab.data.text.TextDataModule`, rows of 128 tokens).
-2. Fine-tunes that base (`ftlab.models.FromRun`) on GPTeacher roleplay (SFT, rows of 128 tokens) for
+2. Fine-tunes that base (`ftlab.chain.FromRun`) on GPTeacher roleplay (SFT, rows of 128 tokens) for
    the same number of steps with: plain SFT (Full), SFT + EWC at two strengths, SFT + L2-SP, LoRA and
    Freeze (last block). The EWC Fisher is the LM loss's empirical Fisher on 64 WikiText training rows.
    The first EWC strength makes the penalty half the loss at plain SFT's end point:
@@ -143,7 +143,7 @@ def finetune(
         "seed_everything": seed,
         "trainer": trainer(root, steps, probes()),
         "model": {
-            "backbone": {"class_path": "ftlab.models.FromRun", "init_args": {"run": str(base)}},
+            "backbone": {"class_path": "ftlab.chain.FromRun", "init_args": {"run": str(base)}},
             "method": method,
             "objective": {"class_path": "ftlab.objectives.SFT"},
             "optimizer": optimizer(lr),
@@ -165,9 +165,9 @@ def ewc(strength: float) -> dict:
 def drift(base: Path, plain: Path) -> tuple[float, float]:
     """(Σ F (θ_plain − θ*)², Σ (θ_plain − θ*)²) with F the EWC Fisher the EWC runs use (estimated here, cached)."""
     from ftlab.callbacks.fisher import FisherEstimate
+    from ftlab.chain import FromRun
     from ftlab.data.text import TextDataModule
     from ftlab.methods import Full
-    from ftlab.models import FromRun
     from ftlab.module import FineTuneModule
     from ftlab.objectives import SFT
     from ftlab.regularizers import EWC

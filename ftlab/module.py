@@ -103,6 +103,12 @@ class FineTuneModule(pl.LightningModule):
         # online RL runs several optimizer steps per batch (rollouts, then updates): the module steps itself
         self.automatic_optimization = not objective.needs_rollouts
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """DDP must not broadcast regularizer state (anchors, Fisher: as large as the trainable weights) at every
+        step: each rank computes or loads the same values itself."""
+        return [name for name, _ in self.named_buffers() if name.startswith("regularizers.")]
+
     # --- building
     def configure_model(self) -> None:
         if self.model is not None:

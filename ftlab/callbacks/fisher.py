@@ -6,9 +6,11 @@ At fit start (after `configure_model` and after a checkpoint is restored) it
   (a seeded choice, so every rank and every rerun scores the same ones), one backward per example;
 - reads F from the ftlab cache (`<cache>/fisher/<key>.safetensors`) when the same estimate was made
   before: the key hashes the backbone's description, the method's name, the trainable parameters'
-  names, shapes and starting values, the loss used and every chosen example's tensors;
+  names, shapes and starting values, the loss used and every chosen example's tensors; with several
+  processes the ranks agree first (a hit only when every rank hits), as the estimate runs collectives
+  under sharding: one rank computing alone would wait for the others forever;
 - for online EWC, adds γ times the Fisher saved in the folder of the run the backbone starts from
-  (`ftlab.models.FromRun`); a warning when that run saved none (it trained without EWC).
+  (`ftlab.chain.FromRun`); a warning when that run saved none (it trained without EWC).
 At fit end it writes the Fisher it penalised with to `<run folder>/ewc_fisher.safetensors`, for the
 next task of a chain. Buffers are built with `zeros_like`/`clone` of each parameter (same placement
 and sharding); cache files hold each process's local tensors, so under sharding the key (which
@@ -83,7 +85,7 @@ class FisherEstimate(pl.Callback):
         params = pl_module.method.trainable_parameters(pl_module.model)
         anchors = {name: p.detach().clone() for name, p in params.items()}
         if reg.uses_fisher:
-            fisher = self.estimate(pl_module, params)
+            fisher = self.estimate(pl_module, params, trainer)
             previous = self.previous_fisher(pl_module)
             if previous is not None:
                 if set(previous) == set(fisher):  # else consolidate names the mismatch
@@ -138,14 +140,21 @@ class FisherEstimate(pl.Callback):
             batch_digest(digest, batch)
         return digest.hexdigest()[:24]
 
-    def estimate(self, pl_module: Any, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    def estimate(
+        self, pl_module: Any, params: dict[str, nn.Parameter], trainer: pl.Trainer | None = None
+    ) -> dict[str, torch.Tensor]:
+        """F on the chosen examples, from the cache when every rank finds its entry there."""
         reg = self.regularizer
         examples, collate = examples_of(reg.data, pl_module.tokenizer, reg.max_length, "train")
         chosen = sorted(random.Random(0).sample(range(len(examples)), min(reg.samples, len(examples))))
         batches = [collate([examples[i]]) for i in chosen]  # a batch of one per sample
         loss, compute = self.loss_fn(pl_module, batches[0])
         path = cache_root() / "fisher" / f"{self.key(pl_module, params, loss, batches)}.safetensors"
-        if reg.cache and path.is_file():
+        hit = reg.cache and path.is_file()
+        if trainer is not None and trainer.world_size > 1:
+            # under FSDP the forward/backward passes are collectives: all ranks read, or all compute
+            hit = bool(trainer.strategy.reduce_boolean_decision(hit, all=True))
+        if hit:
             self.source = "cache"
             return placed(runfolder.load_weights(path), params)
         started = time.perf_counter()

@@ -1,9 +1,10 @@
 """GenerationEval: answers to held-out prompts, scored against references, in the run's summary.
 
 At the end of a fit's last training epoch (and every `every_n_epochs` epochs if set; a run stopped
-at max_steps ends its epoch there, with or without validation data) the model answers each
-prompt of `file` (greedy by default), rendered with the run's chat template exactly as
-PromptDataModule renders prompts (`ftlab.data.prompts.prompt_segments`), and the answers are scored:
+at max_steps ends its epoch there, with or without validation data; never in a run stopped by
+preemption, whose grace period is for its checkpoint) the model answers each prompt of `file`
+(greedy by default), rendered with the run's chat template exactly as PromptDataModule renders
+prompts (`ftlab.data.prompts.prompt_segments`), and the answers are scored:
 - `gen/exact_match`: answer and reference equal after collapsing whitespace (case kept);
 - `gen/rougeL_f`: mean ROUGE-L F-measure (torchmetrics, which lower-cases and keeps [a-z0-9] words;
   ROUGE-L needs no nltk, only ROUGE-Lsum and the stemmer do);
@@ -34,6 +35,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ftlab import runfolder
 from ftlab.batches import PromptBatch
+from ftlab.callbacks.preemption import preempted
 from ftlab.data.chat import tokenize_segments
 from ftlab.data.files import load_rows
 from ftlab.data.prompts import prompt_segments
@@ -212,8 +214,8 @@ class GenerationEval(pl.Callback):
         return metrics, table
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.rows:
-            return
+        if not self.rows or preempted(trainer):
+            return  # a preempted run has seconds left: its checkpoint is saved, no generation pass starts
         max_epochs = trainer.max_epochs or 0
         last = (
             trainer.should_stop  # set by RunReport at max_steps, or by a callback that stops training

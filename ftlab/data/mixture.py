@@ -6,19 +6,20 @@ as if the files were concatenated; T -> ∞: uniform; mT5 and Arivazhagan et al.
 lift small tasks). A task's batch is collated by its own datamodule with its own batch_size, from a
 stream that walks a seeded permutation of its examples and reshuffles when it runs out (a small task
 repeats, a large one is subsampled). An epoch is `batches_per_epoch` batches, by default as many as one
-pass over every task would take. The draw is fixed by `seed`, the epoch and the global rank (under DDP
-set `trainer.use_distributed_sampler: false`: every rank draws its own stream).
+pass over every task would take. The draw is fixed by `seed`, the epoch and the global rank, so the
+loader resumes inside an epoch as every ftlab training loader does (`ftlab.data.resumable`: its state is
+the epoch and the batches processed in it; a resume redraws that epoch and skips them). Under several
+processes set `trainer.use_distributed_sampler: false` (every rank draws its own stream; Lightning cannot
+put a DistributedSampler into this batch sampler): setup refuses the run otherwise.
 
-Validation keeps each task's own validation set. A module whose `validation_step` accepts
-`dataloader_idx` gets one dataloader per task, in `val_names` order, to log `val/<task>/<name>`;
-FineTuneModule's does not (yet), so it gets one dataloader over every task's validation examples, its
-batches never crossing tasks, and logs the mixture's `val/<name>`. Examples carrying an `index` are
-renumbered across the mixture, so per-example caches (DPO reference log-probs) stay unique.
+Validation keeps each task's own validation set: one dataloader per task with validation examples, in
+`val_names` order; FineTuneModule logs `val/<task>/<name>` per task and `val/<name>` as the unweighted
+mean over tasks. Examples carrying an `index` are renumbered across the mixture, so per-example caches
+(DPO reference log-probs) stay unique.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ftlab.data.base import FineTuneDataModule
+from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
@@ -96,23 +98,6 @@ class MixtureBatches:
             yield [self.offsets[t] + i for i in batch]
 
 
-class TaskBatches:
-    """Each task's examples in order, in batches of its own size that never cross tasks (validation)."""
-
-    def __init__(self, sizes: list[int], batch_sizes: list[int]) -> None:
-        self.batches: list[list[int]] = []
-        start = 0
-        for n, b in zip(sizes, batch_sizes, strict=True):
-            self.batches += [list(range(start + i, start + min(i + b, n))) for i in range(0, n, b)]
-            start += n
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-
 class MixtureDataModule(FineTuneDataModule):
     """Several datamodules of one batch kind trained together (multi-task), each validated on its own.
 
@@ -170,6 +155,13 @@ class MixtureDataModule(FineTuneDataModule):
         return next(iter(counts.values()))
 
     def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        distributed = trainer is not None and trainer.world_size > 1
+        if stage == "fit" and distributed and trainer._accelerator_connector.use_distributed_sampler:
+            raise FTLabError(
+                "data MixtureDataModule draws each rank's batches itself and Lightning cannot shard them: "
+                "set trainer.use_distributed_sampler: false"
+            )
         if self.train_set is not None:
             return
         for name, task in self.tasks.items():
@@ -204,19 +196,15 @@ class MixtureDataModule(FineTuneDataModule):
         probs = [self.probabilities[name] for name in self.tasks]
         sampler = MixtureBatches(sizes, batch_sizes, probs, num, self.seed + rank)
         dataset = TaggedExamples([t.train_set for t in tasks])
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self._collate_tagged, num_workers=self.num_workers)
+        return ResumableLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self._collate_tagged,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            progress=self.progress,
+        )
 
-    def _per_task_validation(self) -> bool:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        step = getattr(module, "validation_step", None)
-        return step is not None and "dataloader_idx" in inspect.signature(step).parameters
-
-    def val_dataloader(self) -> DataLoader | list:
-        tasks = list(self.tasks.values())
-        if not any(t.val_set for t in tasks):
-            return []
-        if self._per_task_validation():
-            return [t.val_dataloader() for t in tasks if t.val_set]
-        sampler = TaskBatches([len(t.val_set) for t in tasks], [t.eval_batch_size for t in tasks])
-        dataset = TaggedExamples([t.val_set for t in tasks])  # every task, so tags match `tasks` positions
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self._collate_tagged, num_workers=self.num_workers)
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per task with validation examples, in `val_names` order (the module's dataloader_idx)."""
+        return [task.val_dataloader() for task in self.tasks.values() if task.val_set]

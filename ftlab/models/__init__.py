@@ -1,7 +1,7 @@
-"""Loading backbones and tokenizers; finding a model's parts."""
+"""Loading backbones and tokenizers; finding a model's parts (no method involved: a run's output as the
+next run's backbone is `ftlab.chain.FromRun`)."""
 
 from ftlab.models.anatomy import Anatomy, anatomy, find_blocks
 from ftlab.models.backbone import Backbone, Pretrained, TinyBackbone
-from ftlab.models.from_run import FromRun
 
-__all__ = ["Anatomy", "Backbone", "FromRun", "Pretrained", "TinyBackbone", "anatomy", "find_blocks"]
+__all__ = ["Anatomy", "Backbone", "Pretrained", "TinyBackbone", "anatomy", "find_blocks"]

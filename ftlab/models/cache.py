@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ftlab.errors import FTLabError
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("FTLAB_CACHE", Path.home() / ".cache" / "ftlab"))
@@ -36,7 +38,10 @@ def cached_dir(kind: str, key: Any, build: Callable[[Path], None], wait: bool = 
     deadline = time.monotonic() + timeout
     while wait and not final.is_dir():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {final} to be built by rank 0")
+            raise FTLabError(
+                f"waited {timeout:.0f} s for rank 0 to build {final}; on several nodes FTLAB_CACHE must be a "
+                "folder all nodes share"
+            )
         time.sleep(0.2)
     if final.is_dir():
         return final

@@ -4,7 +4,7 @@
 
 over the method's trainable parameters only. θ* is the trainable weights at the start of the run,
 which in sequential fine-tuning is the end of the previous task (the next run starts from its
-output, see `ftlab.models.FromRun`). F is the diagonal of the empirical Fisher on "old" data,
+output, see `ftlab.chain.FromRun`). F is the diagonal of the empirical Fisher on "old" data,
 estimated once at fit start by `ftlab.callbacks.fisher.FisherEstimate`:
 
     F_i = 1/N Σ_n (∂ℓ_n/∂θ_i)²,   ℓ_n = the loss of old example n alone (a batch of one).
@@ -23,7 +23,7 @@ data yields the batch kind the run's own objective consumes and is not text (e.g
 over tokens, F has the scale of one sequence's mean loss, and λ is set against the training loss.
 
 Online EWC (Schwarz et al., 2018, "Progress & Compress"): with `online`, a run whose backbone is a
-finished run (`ftlab.models.FromRun`, the previous task) uses F = γ·F_prev + F_new, where F_prev is
+finished run (`ftlab.chain.FromRun`, the previous task) uses F = γ·F_prev + F_new, where F_prev is
 the Fisher that run penalised with (saved in its folder as `ewc_fisher.safetensors`) and F_new the
 one estimated now on the previous task's data.
 Differences from the papers: one quadratic term anchored at the current run's start (online EWC);
@@ -181,7 +181,7 @@ class EWC(Regularizer):
         samples: Old examples (text chunks or data rows) in the Fisher estimate, one backward each.
         max_length: Tokens per chunk when `data` is a text file.
         online: Online EWC: add `gamma` times the Fisher saved by the run the backbone starts from
-            (`ftlab.models.FromRun`); the first task of a chain (any other backbone) has none.
+            (`ftlab.chain.FromRun`); the first task of a chain (any other backbone) has none.
         gamma: Decay of the previous Fisher in online EWC.
         cache: Keep the estimate in the ftlab cache, keyed by backbone, trainable weights and data.
     """

@@ -1,8 +1,11 @@
 """Compose each cell's config without instantiating anything, and find cells whose parts cannot work together.
 
 The config is parsed by the run's own parser (FTLabCLI with instantiation switched off), so a mistyped key
-fails here, before anything launches. Compatibility is decided by `ftlab.module.check_composition` on
-stand-ins that carry only the classes' capability attributes: no model, tokenizer or data is loaded.
+fails here, before anything launches. Compatibility is decided by `ftlab.module.check_composition`, the
+run's own check, on parts built without loading anything: the method itself (methods are plain objects whose
+constructors load no model, and some set a capability per instance, as LoReFT's `supports_packing`), the
+real Lightning strategy (constructing one starts no process), and stand-ins carrying the objective's and
+datamodule's capability attributes. No model, tokenizer or data is loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ CAPABILITIES = (
     "supports_quantized",
     "supports_packing",
     "trains_backbone",
+    "schedules_trainable",
     "batch_type",
     "has_head",
     "needs_reference",
@@ -79,26 +83,59 @@ def _standin(cls: type, **extra: Any) -> Any:
     return type(cls.__name__, (), {"name": cls.__name__, "check_data": lambda self, dm: None, **attrs, **extra})()
 
 
-def _strategy_name(strategy: Any) -> str:
-    if isinstance(strategy, Namespace) and "class_path" in strategy:
-        return strategy.class_path.rsplit(".", 1)[-1]
-    text = str(strategy)
-    return "FSDPStrategy" if text.startswith("fsdp") else text  # Lightning's registered fsdp* names
+def _init_args(spec: Namespace) -> dict[str, Any]:
+    args = spec.get("init_args") or {}
+    return args.as_dict() if isinstance(args, Namespace) else dict(args)
+
+
+def _method(spec: Namespace) -> Any:
+    """The method itself, built from its init_args (cheap: no model is loaded), so that capabilities set per
+    instance count; a stand-in from class attributes when it cannot be built from the parsed values alone."""
+    cls = _import(spec.class_path)
+    try:
+        return cls(**_init_args(spec))
+    except FTLabError:
+        raise  # a bad value: the run would refuse it with this very sentence
+    except Exception:
+        return _standin(cls)
+
+
+def _strategy(spec: Any) -> Any:
+    """The Lightning strategy the run would get, so that `ftlab.distributed` answers as in the run (DDP or
+    not, finding unused parameters or not, sharded or not); a bare object of a type so named when it
+    cannot be built here (`auto`, a name from a plugin that is not installed, a constructor that refuses)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if isinstance(spec, Namespace) and "class_path" in spec:
+        cls = _import(spec.class_path)
+        args = _init_args(spec)
+        try:
+            return cls(**args)
+        except Exception:
+            bare = cls.__new__(cls)  # isinstance holds; DDP's own keyword arguments are where it keeps them
+            bare._ddp_kwargs = args
+            return bare
+    name = str(spec)
+    if name in StrategyRegistry:
+        try:
+            return StrategyRegistry.get(name)
+        except Exception:
+            return type(StrategyRegistry[name]["strategy"].__name__, (), {})()
+    return type(name, (), {})()
 
 
 def incompatibility(config: Namespace) -> str | None:
     """Why the composed parts cannot work together, in one sentence, or None when they can."""
     model = config.model
-    method = _standin(_import(model.method.class_path))
     objective = _standin(_import(model.objective.class_path))
     data = config.get("data")
     datamodule = None
     if isinstance(data, Namespace) and "class_path" in data:
         packing = bool((data.get("init_args") or Namespace()).get("packing", False))
         datamodule = _standin(_import(data.class_path), packing=packing)
-    strategy = type(_strategy_name(config.trainer.get("strategy", "auto")), (), {})()
     try:
-        check_composition(method, objective, datamodule, strategy)
+        method = _method(model.method)
+        check_composition(method, objective, datamodule, _strategy(config.trainer.get("strategy", "auto")))
     except FTLabError as err:
         return str(err)
     return None

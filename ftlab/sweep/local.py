@@ -2,7 +2,8 @@
 
 A cell whose run folder holds DONE is skipped, so a rerun does only what is missing; a failed cell is
 reported and the others go on. A cell that left a checkpoint resumes from it. Each cell's output goes to
-`<study dir>/logs/<id>.log` (appended, so a rerun keeps the earlier attempt above it).
+`<study dir>/logs/<id>.log` (appended, so a rerun keeps the earlier attempt above it), headed by its command
+with secrets redacted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from ftlab import runfolder
 from ftlab.sweep.manifest import LOGS, Entry, is_done, resume_argv
 
 FIT = [sys.executable, "-m", "ftlab", "fit"]
@@ -23,7 +25,7 @@ def _start(entry: Entry, study_dir: Path, program: list[str]) -> tuple[subproces
     run_dir = Path(entry.run_dir)
     argv = [*program, *entry.argv, *resume_argv(run_dir)]
     log = (study_dir / LOGS / f"{entry.id}.log").open("a")
-    log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {entry.command}\n")
+    log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {runfolder.redact(entry.command)}\n")
     log.flush()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log

@@ -6,6 +6,9 @@
     <study dir>/runs/<id>/       each cell's run folder (trainer.default_root_dir)
     <study dir>/logs/<id>.log    each cell's output
 
+manifest.jsonl and commands.tsv are what runs (the local launcher and SLURM read them back), so they hold
+the commands exactly, secrets included, like the study file they come from; logs and reports are redacted.
+
 The id is `<axis labels>-<8 hex>`, the hex a SHA-256 of the cell's config files (in order) and its overrides
 (sorted by key), so it depends on the arguments, not on how a mapping was ordered. Editing a config file's
 contents does not change the id: a rerun skips the cells already done.
@@ -91,8 +94,11 @@ def build(study: Study, cells: list[Cell]) -> list[Entry]:
 def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
     out = study.output
     lines = [json.dumps({**asdict(e), "command": e.command}) + "\n" for e in entries]
-    runfolder.write_text(out / MANIFEST, "".join(lines))
-    runfolder.write_text(out / COMMANDS, "".join(f"{e.id}\t{e.run_dir}\t{e.command}\n" for e in entries))
+    # both are executed as written (the local launcher runs the manifest's argv, SLURM runs commands.tsv):
+    # a secret passed as an argument must reach the run, so these two are not redacted
+    runfolder.write_text(out / MANIFEST, "".join(lines), redact_secrets=False)
+    commands = "".join(f"{e.id}\t{e.run_dir}\t{e.command}\n" for e in entries)
+    runfolder.write_text(out / COMMANDS, commands, redact_secrets=False)
     meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
     meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}
     runfolder.write_json(out / STUDY, meta)

@@ -6,6 +6,8 @@ better in one of the two. Points carry 95 % confidence bars over seeds where the
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,20 @@ def pareto(points: list[tuple[float, float]], mode: str = "min") -> list[int]:
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i])
+
+
+def _save(fig: Any, path: Path) -> None:
+    """PNG to a temporary name in the same folder, renamed into place: never a half-written image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _label(meta: dict[str, Any], group: dict[str, Any]) -> str:
@@ -68,7 +84,7 @@ def plot_all(meta: dict[str, Any], groups: list[dict[str, Any]], out: Path) -> l
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out / f"{metric.replace('/', '_')}_vs_{cost}.png"
-        fig.savefig(path, dpi=120)
+        _save(fig, path)
         plt.close(fig)
         written.append(path)
     return written

@@ -6,6 +6,9 @@
     <study dir>/results/table.md     the same, the target metric as mean ± half-width
     <study dir>/results/*.png        the target metric against trainable parameters, peak memory, wall time
 
+Each file is written to a temporary name in the same folder and renamed into place, so `ftlab sweep results`
+run while cells still finish (or killed) never leaves a half-written table or image.
+
 The half-width is t(0.975, n-1) · s / √n, with s the sample standard deviation over the n seeds
 (Student's t, as the seeds are few); a group of one cell has none. The t quantile is computed here by
 integrating the density (scipy is not a dependency, and this is one number).
@@ -14,6 +17,7 @@ integrating the density (scipy is not a dependency, and this is one number).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -95,12 +99,13 @@ def group(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Atomically (a reader never sees half a table), like every report ftlab writes."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    runfolder.write_text(path, text.getvalue())
 
 
 def _fmt(value: Any, ci: Any = None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -15,10 +16,10 @@ from ftlab import runfolder
 from ftlab.callbacks import ForgettingProbe
 from ftlab.callbacks.fisher import FisherEstimate
 from ftlab.callbacks.forgetting import BUNDLED_TEXT
+from ftlab.chain import FromRun
 from ftlab.cli import FTLabCLI
 from ftlab.data import SFTDataModule
 from ftlab.methods import Full, LoRA
-from ftlab.models import FromRun
 from ftlab.module import FineTuneModule
 from ftlab.objectives import SFT
 from ftlab.regularizers import EWC, L2SP
@@ -150,6 +151,12 @@ def test_task_b_starts_from_task_a_and_carries_its_fisher(
     again = FisherEstimate(start.regularizers[0])
     f_new = again.estimate(start, start.method.trainable_parameters(start.model))
     assert again.source == "cache"
+    # with several ranks, one rank's miss makes every rank compute (FSDP's passes are collectives)
+    one_missed = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce_boolean_decision=lambda hit, all: False))
+    agreed = FisherEstimate(start.regularizers[0])
+    f_agreed = agreed.estimate(start, start.method.trainable_parameters(start.model), one_missed)
+    assert agreed.source == "computed"
+    assert all(torch.allclose(f_agreed[n], f_new[n]) for n in f_new)
     for name, f in reg.fisher.get().items():
         assert torch.allclose(f, 0.5 * f_a[name] + f_new[name]), name
     # task A's metric after B: a probe on task A's validation rows

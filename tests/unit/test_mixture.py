@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from ftlab.data import MixtureDataModule, PreferenceDataModule, SFTDataModule
-from ftlab.data.mixture import MixtureBatches, TaskBatches, mixing_probabilities
+from ftlab.data.mixture import MixtureBatches, mixing_probabilities
 from ftlab.errors import FTLabError
 from tests.conftest import write_jsonl
 
@@ -38,30 +40,50 @@ def test_sampled_shares_follow_the_probabilities_on_a_fixed_seed() -> None:
     assert set(small) == {60, 61, 62, 63, 64}
 
 
-def test_validation_batches_never_cross_tasks() -> None:
-    assert list(TaskBatches([5, 0, 3], [2, 4, 2])) == [[0, 1], [2, 3], [4], [5, 6], [7]]
-
-
-def test_mixture_of_sft_files(tmp_path: Path, tokenizer) -> None:
+def two_tasks(tmp_path: Path, tokenizer) -> MixtureDataModule:
     a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"a {i}", "output": f"x {i}"} for i in range(30)])
     b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"b {i}", "output": f"y {i}"} for i in range(10)])
     dm = MixtureDataModule(
         tasks={
-            "a": SFTDataModule(train=str(a), val_fraction=0.2, batch_size=4),
-            "b": SFTDataModule(train=str(b), val_fraction=0.2, batch_size=2),
+            "a": SFTDataModule(train=str(a), val_fraction=0.2, batch_size=4, eval_batch_size=4),
+            "b": SFTDataModule(train=str(b), val_fraction=0.2, batch_size=2, eval_batch_size=4),
         },
         temperature=2.0,
     )
     dm.tokenizer = tokenizer
     dm.setup("fit")
+    return dm
+
+
+def test_mixture_of_sft_files(tmp_path: Path, tokenizer) -> None:
+    dm = two_tasks(tmp_path, tokenizer)
     assert dm.stats["a/train_examples"] == 24 and dm.stats["b/train_examples"] == 8
     assert dm.probabilities == pytest.approx({"a": 24**0.5 / (24**0.5 + 8**0.5), "b": 8**0.5 / (24**0.5 + 8**0.5)})
     assert dm.val_names == ["a", "b"]
     loader = dm.train_dataloader()
     assert len(loader) == 6 + 4  # one pass over both tasks: ceil(24 / 4) + ceil(8 / 2)
     assert {len(batch) for batch in loader} <= {4, 2}
-    val = dm.val_dataloader()  # no module attached: one loader, batches per task
-    assert [len(batch) for batch in val] == [4, 2, 2]
+    val = dm.val_dataloader()  # one loader per task, in val_names order: 6 and 2 validation examples
+    assert [[len(batch) for batch in loader] for loader in val] == [[4, 2], [2]]
+
+
+def test_mid_epoch_resume_skips_the_batches_already_trained_on(tmp_path: Path, tokenizer) -> None:
+    dm = two_tasks(tmp_path, tokenizer)
+    whole = [batch.input_ids for batch in dm.train_dataloader()]
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 0, "batches": 3})  # a checkpoint taken after 3 batches of epoch 0
+    rest = [batch.input_ids for batch in resumed]
+    assert len(rest) == len(whole) - 3 and all(torch.equal(x, y) for x, y in zip(rest, whole[3:], strict=True))
+    assert len(list(resumed)) == len(whole)  # only the first pass after the resume skips
+
+
+def test_several_processes_need_the_distributed_sampler_off(tmp_path: Path, tokenizer) -> None:
+    dm = two_tasks(tmp_path, tokenizer)
+    dm.trainer = SimpleNamespace(world_size=2, _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
+    with pytest.raises(FTLabError, match=r"set trainer\.use_distributed_sampler: false"):
+        dm.setup("fit")
+    dm.trainer._accelerator_connector.use_distributed_sampler = False
+    dm.setup("fit")
 
 
 def test_tasks_must_share_a_batch_kind(sft_file: Path) -> None:

@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from ftlab.errors import FTLabError
+from ftlab.sweep import manifest
 from ftlab.sweep.cli import sweep
 from ftlab.sweep.local import run_local
 from ftlab.sweep.manifest import Entry, resume_argv
 from ftlab.sweep.slurm import ranges, sbatch_lines
-from ftlab.sweep.study import load_study
+from ftlab.sweep.study import expand, load_study
 from tests.conftest import REPO
 
 # a stand-in for `python -m ftlab fit`: writes DONE into its run folder unless told to fail
@@ -86,6 +87,21 @@ def test_incompatible_cells_are_listed_and_skipped(tmp_path: Path, capsys: pytes
     assert "skip feature_extraction-" in out and "trains only an objective's head, and objective SFT has none" in out
     assert "python -m ftlab fit --config" in out and "--trainer.max_steps=2" in out
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
+def test_commands_keep_secrets_and_log_headers_redact_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTLAB_TEST_API_KEY", "sk-0123456789")
+    study = load_study(write_study(tmp_path))
+    study.overrides["trainer.logger.init_args.api_key"] = "sk-0123456789"
+    entries = manifest.build(study, expand(study)[0][:1])
+    manifest.write(study, entries, [])
+    out = Path(study.output)
+    # what SLURM and the local launcher execute must be the command itself
+    assert "--trainer.logger.init_args.api_key=sk-0123456789" in (out / manifest.COMMANDS).read_text()
+    assert manifest.read(out)[1][0].argv == entries[0].argv
+    run_local(entries, out, program=[sys.executable, "-c", FAKE_FIT])
+    header = (out / "logs" / f"{entries[0].id}.log").read_text().splitlines()[0]
+    assert "api_key=<redacted:FTLAB_TEST_API_KEY>" in header and "sk-0123456789" not in header
 
 
 def test_unknown_launcher_and_bad_keys_are_one_sentence(tmp_path: Path) -> None:

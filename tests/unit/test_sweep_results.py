@@ -80,3 +80,19 @@ def test_table_puts_the_best_first() -> None:
     assert markdown(meta, rows).splitlines()[2].startswith("| b |")
     done = [{"m": "x", "seed": "0", "status": "done", "acc": 1.0}, {"m": "x", "seed": "1", "status": "done", "acc": 3}]
     assert group(meta, done) == [{"m": "x", "n": 2, "acc": 2.0, "acc_ci": pytest.approx(12.7062, abs=1e-3)}]
+
+
+def test_a_failed_rewrite_leaves_the_previous_files_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    out = write_results(fake_study(tmp_path))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(self: Figure, fname: str, **kwargs: object) -> None:
+        Path(fname).write_bytes(b"half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(tmp_path)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial file, no temporary left

@@ -1,11 +1,13 @@
-"""FromRun: a finished run's model as the backbone of a new run (sequential fine-tuning, task A then B).
+"""Chaining runs: a finished run's model as the backbone of a new run (sequential fine-tuning, task A then B).
 
-The run folder's `config.yaml` and `trainable.safetensors` rebuild its module (`ftlab.export.load_run`);
-the method is merged into plain weights (Full, Freeze and GradualUnfreeze are plain already; LoRA is
-folded in) and saved with the tokenizer into the ftlab cache, keyed by the folder and a hash of its
-weights. The new run then loads that folder through `Pretrained`, like any Hugging Face model, with
-the model class its own objective asks for and any method on top (a fresh LoRA on A's merged weights).
-Methods that cannot merge (bottleneck adapters, prefix and prompt tuning) are refused with the reason.
+`FromRun` lives here, not in `ftlab.models`, because rebuilding a run needs its method and module,
+and model loading must not depend on a method. The run folder's `config.yaml` and
+`trainable.safetensors` rebuild its module (`ftlab.export.load_run`); the method is merged into plain
+weights (Full, Freeze and GradualUnfreeze are plain already; LoRA is folded in) and saved with the
+tokenizer into the ftlab cache, keyed by the folder and a hash of its weights. The new run then loads
+that folder through `Pretrained`, like any Hugging Face model, with the model class its own objective
+asks for and any method on top (a fresh LoRA on A's merged weights). Methods that cannot merge
+(bottleneck adapters, prefix and prompt tuning) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftlab import runfolder
 from ftlab.errors import FTLabError
+from ftlab.export import load_run
 from ftlab.models.backbone import Backbone, Pretrained
 from ftlab.models.cache import cached_dir
 from ftlab.models.tokenizers import load_tokenizer
@@ -54,8 +57,6 @@ class FromRun(Backbone):
             key = {"run": str(self.run), "weights": self.weights_hash}
 
             def build(out: Path) -> None:
-                from ftlab.export import load_run  # the module imports model loading: import it late
-
                 module = load_run(self.run)
                 if module.objective.has_head:
                     raise FTLabError(f"FromRun: {self.run} trained a head of its own; only plain models carry over")
