@@ -8,10 +8,12 @@ The tokenizer is the run's own (the module's, so data and model never disagree) 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
@@ -21,6 +23,12 @@ from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
+
+
+def run_seed() -> int:
+    """The run's seed (`seed_everything`, also what Lightning's DistributedSampler uses), so that a seed axis
+    varies the training order as well as the initialisation; the torch seed when none was set."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed() % 2**31))
 
 
 def _as_list(spec: str | list[str] | None) -> list[str]:
@@ -192,7 +200,7 @@ class FineTuneDataModule(pl.LightningDataModule):
         log.info("data: %s", self.describe_stats())
 
     def train_dataloader(self) -> DataLoader:
-        # order = f(seed, epoch), and resumable inside an epoch (see ftlab.data.resumable)
+        # order = f(data seed, run seed, epoch), and resumable inside an epoch (see ftlab.data.resumable)
         return ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
@@ -200,7 +208,7 @@ class FineTuneDataModule(pl.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.num_workers,
             drop_last=False,
-            seed=self.seed,
+            seed=self.seed * 1_000_003 + run_seed(),
             progress=self.progress,
         )
 

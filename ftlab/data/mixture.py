@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ftlab.data.base import FineTuneDataModule
+from ftlab.data.base import FineTuneDataModule, run_seed
 from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FTLabError
 
@@ -194,7 +194,7 @@ class MixtureDataModule(FineTuneDataModule):
         num = self.batches_per_epoch or sum(math.ceil(n / b) for n, b in zip(sizes, batch_sizes, strict=True))
         rank = self.trainer.global_rank if self.trainer is not None else 0
         probs = [self.probabilities[name] for name in self.tasks]
-        sampler = MixtureBatches(sizes, batch_sizes, probs, num, self.seed + rank)
+        sampler = MixtureBatches(sizes, batch_sizes, probs, num, (self.seed + rank) * 1_000_003 + run_seed())
         dataset = TaggedExamples([t.train_set for t in tasks])
         return ResumableLoader(
             dataset,
