@@ -6,7 +6,8 @@ A LightningCLI over the one module (backbone + method + objective) and any ftlab
 Later `--config` files override earlier ones, so a run reads as base + method + objective.
 `--print_config` prints the composed config, which replays the run when passed back.
 Everything a run writes lands in `trainer.default_root_dir` (see ftlab.runfolder): ftlab points
-the CSV, TensorBoard and W&B loggers and the checkpoint callback there.
+the CSV, TensorBoard and W&B loggers and the checkpoint callback there, and saves checkpoints atomically
+(runfolder.AtomicCheckpointIO).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def guard_run_folder(config: Namespace) -> None:
     for name in (runfolder.DONE, runfolder.SUMMARY, runfolder.WEIGHTS, runfolder.CHECKPOINTS, runfolder.LOGS):
         path = root / name  # start over: what the old run wrote goes, DONE first
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in root.glob("hpc_ckpt_*.ckpt"):  # Lightning's SLURM saves: a requeued job would resume from them
+        path.unlink(missing_ok=True)
 
 
 def _entries(value: Any) -> list[Namespace]:
@@ -113,6 +116,11 @@ class FTLabCLI(LightningCLI):
         parser.add_argument(
             "--overwrite", type=bool, default=False, help="Start over in a run folder that already holds a run."
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        runfolder.use_atomic_checkpoints(trainer.strategy)  # checkpoints: temp name beside, fsync, rename
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

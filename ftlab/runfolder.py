@@ -7,14 +7,17 @@
     logs/                  logger output (metrics.csv; W&B offline files)
     DONE                   written last, only when fit ended normally
 
-Everything is written to a temporary name in the same folder and renamed into place, so a killed
-run never leaves a half-written file that a later reader would trust. Text written here passes
+Everything is written to a temporary name in the same folder, flushed to disk (fsync) and renamed into
+place (os.replace), so a killed run never leaves a half-written file that a later reader would trust.
+Lightning checkpoints go the same way through `AtomicCheckpointIO` (ftlab.cli installs it on every
+Trainer's strategy). Text written here passes
 through `redact`: the value of any environment variable whose name says it is a secret (API keys,
 tokens, passwords) is replaced by its name, so a key that found its way into a config is never saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.strategies import Strategy
 from safetensors.torch import load_file, save_file
 
 CONFIG = "config.yaml"
@@ -50,7 +56,17 @@ def redact(text: str) -> str:
     return text
 
 
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write: Any) -> None:
+    """`write(tmp)` to `.<name>.XXXX` beside `path` (same filesystem, so the rename is atomic), fsync it,
+    rename it over `path`, fsync the folder; on any failure the temporary file goes and `path` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -58,11 +74,14 @@ def _atomic(path: Path, write: Any) -> None:
     os.umask(umask)
     try:
         write(tmp)
+        _fsync(tmp)  # the bytes are on disk before the name points at them
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename is still atomic
+        _fsync(path.parent)  # and the rename itself survives a crash
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -88,3 +107,36 @@ def weights_metadata(path: Path) -> dict[str, str]:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO, saving through `_atomic`: `torch.save` to a temporary file beside the
+    target, fsync, `os.replace`. (Lightning's own save goes through an fsspec transaction that writes in
+    $TMPDIR and moves the file: across filesystems that move is a copy, and a killed copy leaves a truncated
+    checkpoint under the final name.) Remote URLs (`s3://...`) keep Lightning's save. Loading restricts to
+    tensors and plain types (`weights_only=True`) unless a caller explicitly passes False."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+            return
+        _atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        location = map_location if map_location is not None else (lambda storage, loc: storage)
+        return super().load_checkpoint(path, map_location=location, weights_only=weights_only is not False)
+
+
+def use_atomic_checkpoints(strategy: Strategy) -> None:
+    """Make `strategy` save through AtomicCheckpointIO, in place of Lightning's default TorchCheckpointIO (also
+    inside a wrapper such as AsyncCheckpointIO). A CheckpointIO the config chose itself is left alone.
+
+    Covers every strategy that saves through its `checkpoint_io` (rank 0 writes one file): single device, DDP,
+    DDP spawn, and ModelParallelStrategy with `save_distributed_checkpoint: false` (ftlab's FSDP config). With
+    `save_distributed_checkpoint: true` ModelParallelStrategy writes a folder of shards through
+    torch.distributed.checkpoint and does not use a CheckpointIO."""
+    io = strategy.checkpoint_io  # the first access creates Lightning's default
+    if type(io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+        io._checkpoint_io = AtomicCheckpointIO()  # the public setter refuses once a base IO is configured
