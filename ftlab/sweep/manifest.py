@@ -1,13 +1,15 @@
 """The manifest: one line per cell, with a stable run id and the exact command that runs it.
 
     <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "command"} per cell
-    <study dir>/commands.tsv     id, run folder and command per line (line i+1 = cell i; read by SLURM)
+    <study dir>/commands.tsv     id, run folder, command to show (redacted) and command per line (line i+1 =
+                                 cell i; read by SLURM, which logs the shown one and runs the last)
     <study dir>/study.json       what results need: name, metric, mode, seed axis, axis names, skipped cells
     <study dir>/runs/<id>/       each cell's run folder (trainer.default_root_dir)
     <study dir>/logs/<id>.log    each cell's output
 
 manifest.jsonl and commands.tsv are what runs (the local launcher and SLURM read them back), so they hold
-the commands exactly, secrets included, like the study file they come from; logs and reports are redacted.
+the commands exactly, secrets included, like the study file they come from; logs and reports are redacted
+(commands.tsv carries the redacted command beside the real one for the SLURM log header).
 
 The id is `<axis labels>-<8 hex>`, the hex a SHA-256 of the cell's config files (in order) and its overrides
 (sorted by key), so it depends on the arguments, not on how a mapping was ordered. Editing a config file's
@@ -91,13 +93,18 @@ def build(study: Study, cells: list[Cell]) -> list[Entry]:
     return entries
 
 
+def shown(command: str) -> str:
+    """The command as a log shows it: secrets redacted, on one line without tabs (a column of commands.tsv)."""
+    return runfolder.redact(command).replace("\t", "\\t").replace("\n", "\\n")
+
+
 def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
     out = study.output
     lines = [json.dumps({**asdict(e), "command": e.command}) + "\n" for e in entries]
     # both are executed as written (the local launcher runs the manifest's argv, SLURM runs commands.tsv):
     # a secret passed as an argument must reach the run, so these two are not redacted
     runfolder.write_text(out / MANIFEST, "".join(lines), redact_secrets=False)
-    commands = "".join(f"{e.id}\t{e.run_dir}\t{e.command}\n" for e in entries)
+    commands = "".join(f"{e.id}\t{e.run_dir}\t{shown(e.command)}\t{e.command}\n" for e in entries)
     runfolder.write_text(out / COMMANDS, commands, redact_secrets=False)
     meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
     meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}

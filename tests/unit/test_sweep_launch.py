@@ -4,18 +4,20 @@ cells, resumes and redoes failed ones, goes on after a failure; the SLURM script
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import Namespace
 
 from ftlab.errors import FTLabError
 from ftlab.sweep import manifest
 from ftlab.sweep.cli import sweep
 from ftlab.sweep.local import run_local
 from ftlab.sweep.manifest import Entry, resume_argv
-from ftlab.sweep.slurm import ranges, sbatch_lines
+from ftlab.sweep.slurm import ranges, render, sbatch_lines
 from ftlab.sweep.study import expand, load_study
 from tests.conftest import REPO
 
@@ -102,6 +104,37 @@ def test_commands_keep_secrets_and_log_headers_redact_them(tmp_path: Path, monke
     run_local(entries, out, program=[sys.executable, "-c", FAKE_FIT])
     header = (out / "logs" / f"{entries[0].id}.log").read_text().splitlines()[0]
     assert "api_key=<redacted:FTLAB_TEST_API_KEY>" in header and "sk-0123456789" not in header
+
+
+# a stand-in for the `python` that the array script execs: records the arguments it got
+FAKE_PYTHON = """#!/bin/sh
+printf '%s\\n' "$*" > "$FAKE_OUT"
+"""
+
+
+def test_slurm_log_header_is_redacted_and_the_job_gets_the_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTLAB_TEST_API_KEY", "sk-0123456789")
+    study = load_study(write_study(tmp_path))
+    study.overrides["trainer.logger.init_args.api_key"] = "sk-0123456789"
+    entries = manifest.build(study, expand(study)[0][:1])
+    manifest.write(study, entries, [])
+    script = tmp_path / "array.sbatch"
+    script.write_text(render(study, Namespace(trainer=Namespace(devices=1, num_nodes=1, accelerator="cpu"))))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    ran = tmp_path / "ran.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_OUT": str(ran)}
+    env |= {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    log = (Path(study.output) / "logs" / f"{entries[0].id}.log").read_text()
+    assert "job 77_0" in log and "python -m ftlab fit --config" in log  # the header and the command shown
+    assert "api_key=<redacted:FTLAB_TEST_API_KEY>" in log and "sk-0123456789" not in log
+    assert "-m ftlab fit" in ran.read_text() and "--trainer.logger.init_args.api_key=sk-0123456789" in ran.read_text()
 
 
 def test_unknown_launcher_and_bad_keys_are_one_sentence(tmp_path: Path) -> None:
