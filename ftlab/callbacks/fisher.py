@@ -12,7 +12,10 @@ At fit start (after `configure_model` and after a checkpoint is restored) it
 - for online EWC, adds γ times the Fisher saved in the folder of the run the backbone starts from
   (`ftlab.chain.FromRun`); a warning when that run saved none (it trained without EWC).
 At fit end it writes the Fisher it penalised with to `<run folder>/ewc_fisher.safetensors`, for the
-next task of a chain. Buffers are built with `zeros_like`/`clone` of each parameter (same placement
+next task of a chain: whole tensors, gathered from every rank's shard under FSDP (one parameter at a
+time, `DTensor.full_tensor()` on every rank, rank 0 keeping and writing them), so the next task runs
+on one process, DDP, or FSDP on any number of ranks and cuts its own shard from the file, as it does
+for its parameters. Buffers are built with `zeros_like`/`clone` of each parameter (same placement
 and sharding); cache files hold each process's local tensors, so under sharding the key (which
 hashes local values) differs per rank and each rank keeps its own shard.
 """
@@ -32,10 +35,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ftlab import runfolder
 from ftlab.batches import SFTBatch
 from ftlab.data.text import examples_of
+from ftlab.errors import FTLabError
 from ftlab.models.cache import cache_root
 from ftlab.objectives.base import StepContext
 from ftlab.objectives.sft import SFT
@@ -46,13 +51,42 @@ VERSION = 1  # bump when the estimate changes, so old cache entries are not read
 _SFT = SFT()  # its loss only (the LM NLL); its metric states stay unused
 
 
-def placed(values: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Saved local tensors copied into float32 tensors placed (and sharded) like `like`."""
+def placed(
+    values: dict[str, torch.Tensor], like: dict[str, torch.Tensor], whole: bool = False
+) -> dict[str, torch.Tensor]:
+    """Saved tensors copied into float32 tensors placed (and sharded) like `like`.
+
+    `whole`: the values are whole tensors (a previous run's Fisher file) and each process takes its own
+    shard of them, cut locally as the parameter is cut (no communication: every rank read the same
+    file); else they are this process's local tensors already (a cache entry)."""
     out = {}
     for name, ref in like.items():
         target = torch.zeros_like(ref, dtype=torch.float32)
-        local(target).copy_(values[name])
+        value = values[name]
+        if whole:
+            if tuple(value.shape) != tuple(ref.shape):
+                raise FTLabError(
+                    f"the previous run's Fisher of {name} has shape {list(value.shape)}, this run's parameter "
+                    f"{list(ref.shape)} (a file written by an older ftlab under FSDP holds one shard only)"
+                )
+            if isinstance(target, DTensor):
+                value = distribute_tensor(
+                    value.float(), target.device_mesh, target.placements, src_data_rank=None
+                ).to_local()
+        local(target).copy_(value)
         out[name] = target
+    return out
+
+
+def gathered(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    """Whole tensors on the CPU, where `keep` (rank 0), else {}. A sharded (DTensor) one is gathered from
+    every rank's shard, so every rank must call this, in step; one at a time, so a process holds at
+    most one gathered parameter on the device."""
+    out = {}
+    for name, tensor in tensors.items():
+        whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if keep:
+            out[name] = whole.detach().cpu()
     return out
 
 
@@ -83,21 +117,28 @@ class FisherEstimate(pl.Callback):
             self.source = "checkpoint"
             return
         params = pl_module.method.trainable_parameters(pl_module.model)
+        if not params:
+            raise FTLabError(
+                f"{reg.name} pulls the method's trainable weights towards their start, and method "
+                f"{pl_module.method.name} trains none (an objective's head is not covered): drop the regularizer"
+            )
         anchors = {name: p.detach().clone() for name, p in params.items()}
         if reg.uses_fisher:
             fisher = self.estimate(pl_module, params, trainer)
             previous = self.previous_fisher(pl_module)
             if previous is not None:
                 if set(previous) == set(fisher):  # else consolidate names the mismatch
-                    previous = placed(previous, fisher)
+                    previous = placed(previous, fisher, whole=True)
                 fisher = consolidate(previous, fisher, reg.gamma)
             reg.fisher.set(fisher)
         reg.anchors.set(anchors)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         reg = self.regularizer
-        if reg.uses_fisher and reg.ready and trainer.is_global_zero:
-            tensors = {name: local(f) for name, f in reg.fisher.get().items()}
+        if not (reg.uses_fisher and reg.ready):
+            return
+        tensors = gathered(reg.fisher.get(), keep=trainer.is_global_zero)  # every rank: collectives under FSDP
+        if trainer.is_global_zero:
             meta = {"method": pl_module.method.name, "gamma": str(reg.gamma), "strength": str(reg.strength)}
             runfolder.save_weights(Path(trainer.default_root_dir) / FISHER_FILE, tensors, metadata=meta)
 

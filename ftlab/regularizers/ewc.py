@@ -18,9 +18,22 @@ what most EWC code uses; it is biased where the model fits the old data poorly (
 
 ℓ_n is the LM negative log-likelihood (mean over the labelled tokens of the sample) when the old data
 is text or SFT data: for a causal LM the natural "old task" is predicting the old text. When the old
-data yields the batch kind the run's own objective consumes and is not text (e.g. classification),
-ℓ_n is that objective's loss (the old task's loss, through the current head). Because ℓ_n is a mean
-over tokens, F has the scale of one sequence's mean loss, and λ is set against the training loss.
+data yields the batch kind the run's own objective consumes and is not text (e.g. classification,
+preference pairs), ℓ_n is that objective's loss (the old task's loss, through the current head).
+Because ℓ_n is a mean over tokens, F has the scale of one sequence's mean loss, and λ is set against
+the training loss.
+
+Refused at setup, in one sentence each:
+- prompt data (`PromptBatch`) as old data of an online-RL objective (GRPO, PPO). Such an objective
+  has no loss on a prompt alone: its loss needs rollouts (sampled answers, rewards, advantages), and
+  a Fisher of freshly sampled answers scored against themselves is not a Fisher of old data. Scoring
+  the prompts with the LM loss instead would run, but it would weigh the weights that predict the
+  questions' wording, not those that carry the old behaviour, under the name of the old task: a
+  quiet substitution. A researcher who wants exactly that gives the prompts as a text file (or the
+  old task's answers as SFT data), which says so in the config.
+- old data of the objective's own kind for DPO with `precompute_reference`: the precomputed table
+  holds the reference of the run's own rows (looked up by row index), not of the old rows, and the
+  frozen reference copy it replaces is gone by the Fisher estimate.
 
 Online EWC (Schwarz et al., 2018, "Progress & Compress"): with `online`, a run whose backbone is a
 finished run (`ftlab.chain.FromRun`, the previous task) uses F = γ·F_prev + F_new, where F_prev is
@@ -244,8 +257,20 @@ class EWC(Regularizer):
                     f"{self.name} estimates its Fisher on text with the LM loss, which needs a causal LM, but "
                     f"objective {objective.name} loads {objective.model_class.__name__}; give data of its own kind"
                 )
-        elif self.data.batch_type is not objective.batch_type:
+            return
+        kind = f"{self.name}'s old data {type(self.data).__name__} yields {self.data.batch_type.__name__} batches"
+        if self.data.batch_type is not objective.batch_type:
             raise FTLabError(
-                f"{self.name} old data {type(self.data).__name__} yields {self.data.batch_type.__name__} batches, "
-                f"which objective {objective.name} cannot score; give text, SFT data or data of the objective's kind"
+                f"{kind}, which objective {objective.name} cannot score; give text, SFT data or data of the "
+                "objective's kind"
+            )
+        if objective.needs_rollouts:
+            raise FTLabError(
+                f"{kind}, i.e. prompt data; an online-RL objective ({objective.name}) has no loss on prompts "
+                "alone: give a text file or an SFT datamodule (e.g. the old task's answers) as old data"
+            )
+        if getattr(objective, "precompute_reference", False):
+            raise FTLabError(
+                f"{kind}, but objective {objective.name} precomputes its reference for the run's own rows only: "
+                "set precompute_reference: false, or give text or SFT data as old data"
             )

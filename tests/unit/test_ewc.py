@@ -1,17 +1,32 @@
-"""EWC and L2-SP math on hand-computed numbers; the text datamodule labels every token."""
+"""EWC and L2-SP math on hand-computed numbers, the old data EWC refuses, the online-EWC Fisher file
+gathered from shards and cut into shards again; the text datamodule labels every token."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
+from ftlab import runfolder
+from ftlab.callbacks.fisher import FisherEstimate, gathered, placed
+from ftlab.data import PreferenceDataModule, PromptDataModule, SFTDataModule
 from ftlab.data.text import TextDataModule
 from ftlab.errors import FTLabError
+from ftlab.objectives import DPO, GRPO, PPO, SFT
 from ftlab.regularizers import EWC, L2SP
-from ftlab.regularizers.ewc import consolidate, empirical_fisher, quadratic_penalty
+from ftlab.regularizers.ewc import FISHER_FILE, consolidate, empirical_fisher, quadratic_penalty
+from ftlab.rewards import FunctionReward, TokenShare
+from tests.conftest import REPO
+
+ASSETS = REPO / "ftlab" / "assets"
 
 
 def ewc_with(anchors: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], strength: float, tmp: Path) -> EWC:
@@ -145,3 +160,79 @@ def test_text_holdout_tail_is_the_end_of_the_stream(tokenizer, tmp_path: Path) -
     whole.tokenizer = tokenizer
     whole.setup("fit")
     assert [c.input_ids for c in whole.train_set] == [c.input_ids for c in dm.train_set + dm.val_set]
+
+
+def reward() -> list[FunctionReward]:
+    return [FunctionReward(TokenShare(token_id=11))]
+
+
+@pytest.mark.parametrize(
+    "objective", [lambda: GRPO(rewards=reward()), lambda: PPO(rewards=reward())], ids=["grpo", "ppo"]
+)
+def test_prompt_data_is_refused_as_old_data_of_online_rl(objective, tmp_path: Path) -> None:
+    # the batch kinds match (PromptBatch), but a rollout objective has no loss on prompts alone
+    run = SimpleNamespace(objective=objective())
+    prompts = EWC(data=PromptDataModule(train=str(ASSETS / "synthetic_prompts.jsonl")))
+    name = run.objective.name
+    with pytest.raises(FTLabError, match=rf"PromptDataModule yields PromptBatch .* online-RL objective \({name}\)"):
+        prompts.check(run)
+    text = tmp_path / "old.txt"
+    text.write_text("old text")
+    EWC(data=str(text)).check(run)  # text and SFT data are scored with the LM loss: accepted
+    EWC(data=SFTDataModule(train=str(text))).check(run)
+
+
+def test_dpo_with_a_precomputed_reference_refuses_old_pairs() -> None:
+    pairs = EWC(data=PreferenceDataModule(train=str(ASSETS / "preference_pairs.jsonl")))
+    pairs.check(SimpleNamespace(objective=DPO()))  # a live reference scores any pair
+    with pytest.raises(FTLabError, match="precompute_reference: false"):
+        pairs.check(SimpleNamespace(objective=DPO(precompute_reference=True)))
+    with pytest.raises(FTLabError, match="objective SFT cannot score"):
+        pairs.check(SimpleNamespace(objective=SFT()))
+
+
+@contextmanager
+def fake_world(rank: int, size: int) -> Iterator[DeviceMesh]:
+    """This process as rank `rank` of `size`, on torch's fake process group: collectives do not
+    communicate (their results are placeholders of the right shape), local slicing is exact."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=size)
+    try:
+        yield init_device_mesh("cpu", (size,))
+    finally:
+        dist.destroy_process_group()
+
+
+# F of a [5, 2] parameter; FSDP cuts dim 0 as torch.chunk does: rank 0 rows 0-2, rank 1 rows 3-4
+WHOLE = torch.arange(1.0, 11.0).reshape(5, 2)
+
+
+def test_online_fisher_file_holds_whole_tensors_under_sharding(tmp_path: Path) -> None:
+    with fake_world(rank=0, size=2) as mesh:
+        shard = distribute_tensor(WHOLE, mesh, [Shard(0)], src_data_rank=None)
+        assert shard.to_local().shape == (3, 2)  # rank 0's rows
+        reg = EWC(data=str(ASSETS / "wikitext2_sample.txt"))
+        reg.anchors.set({"w": torch.zeros_like(shard)})
+        reg.fisher.set({"w": shard})
+        trainer = SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path))
+        FisherEstimate(reg).on_fit_end(trainer, SimpleNamespace(method=SimpleNamespace(name="Full")))
+        assert gathered({"w": shard}, keep=False) == {}  # other ranks join the gathering and keep nothing
+    saved = runfolder.load_weights(tmp_path / FISHER_FILE)
+    assert saved["w"].shape == (5, 2)  # the gathered tensor, not rank 0's [3, 2] shard
+
+
+def test_whole_fisher_is_cut_like_the_parameter(tmp_path: Path) -> None:
+    # plain parameters (one process, DDP) take the whole tensor
+    plain = placed({"w": WHOLE}, {"w": torch.zeros(5, 2)}, whole=True)["w"]
+    assert torch.equal(plain, WHOLE)
+    with pytest.raises(FTLabError, match=r"Fisher of w has shape \[3, 2\], this run's parameter \[5, 2\]"):
+        placed({"w": WHOLE[:3]}, {"w": torch.zeros(5, 2)}, whole=True)
+    with fake_world(rank=1, size=2) as mesh:
+        param = distribute_tensor(torch.zeros(5, 2), mesh, [Shard(0)], src_data_rank=None)
+        mine = placed({"w": WHOLE}, {"w": param}, whole=True)["w"]
+        assert isinstance(mine, DTensor) and mine.placements == (Shard(0),)
+        assert torch.equal(mine.to_local(), torch.tensor([[7.0, 8.0], [9.0, 10.0]]))  # rows 3-4
+        # a cache entry holds the local shard already: copied as it is
+        again = placed({"w": torch.tensor([[7.0, 8.0], [9.0, 10.0]])}, {"w": param})["w"]
+        assert torch.equal(again.to_local(), mine.to_local())
