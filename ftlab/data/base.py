@@ -50,8 +50,10 @@ class FineTuneDataModule(pl.LightningDataModule):
         max_length: Longest sequence in tokens; longer rows are truncated and counted.
         limit: A data budget: use only `limit` training rows, the first ones of the train files in
             order (the default), or with `limit_random` a sample drawn with `seed` from all of them
-            (kept in file order). Rows are counted as read, before filtering and before the
-            `val_fraction` split; give a separate `val` to keep validation fixed across budgets.
+            (kept in file order). With `val_fraction`, the validation rows are drawn from all the
+            training rows first and the budget counts the training examples left after that split, so
+            the validation set is the same at every budget (a study's budget axis compares like with
+            like); otherwise rows are counted as read, before filtering, and only those are read.
         limit_random: Draw the `limit` rows at random (seeded) instead of taking the first ones.
         seed: Seed of the validation split and of a random `limit`.
         num_workers: DataLoader worker processes.
@@ -167,6 +169,15 @@ class FineTuneDataModule(pl.LightningDataModule):
                 break
         return examples
 
+    def _budget(self, train: list[Any]) -> list[Any]:
+        """The `limit` training examples kept after the validation split: the first ones, or a seeded
+        sample kept in order."""
+        assert self.limit is not None
+        if not self.limit_random:
+            return train[: self.limit]
+        picked = sorted(random.Random(self.seed).sample(range(len(train)), min(self.limit, len(train))))
+        return [train[i] for i in picked]
+
     def _built(self, rows: Dataset, spec: str) -> list[Any]:
         built = self.build(rows, spec)
         if not built:
@@ -182,7 +193,8 @@ class FineTuneDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        train = self._read(self.train_specs, self.limit)
+        split_first = self.limit is not None and not self.val_specs and self.val_fraction > 0
+        train = self._read(self.train_specs, None if split_first else self.limit)
         val = self._read(self.val_specs, None) if self.val_specs else []
         if not val and self.val_fraction > 0:
             order = list(range(len(train)))
@@ -193,6 +205,8 @@ class FineTuneDataModule(pl.LightningDataModule):
             held = set(order[:n_val])
             val = [ex for i, ex in enumerate(train) if i in held]
             train = [ex for i, ex in enumerate(train) if i not in held]
+        if split_first:
+            train = self._budget(train)
         self.train_set = self.numbered(self.finalize(train, train=True))
         self.val_set = self.numbered(self.finalize(val, train=False))
         self.stats["train_examples"] = len(self.train_set)

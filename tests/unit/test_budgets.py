@@ -46,6 +46,30 @@ def test_limit_across_files_and_a_seeded_sample(tmp_path: Path, sft_rows: list[d
         SFTDataModule(train=str(first), limit=0)
 
 
+@pytest.mark.parametrize("limit_random", [False, True])
+def test_budgets_share_one_validation_split(limit_random: bool, tmp_path: Path, tokenizer) -> None:
+    rows = [{"instruction": f"say {i}", "output": f"word {i}"} for i in range(40)]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    sets = {}
+    for n in (5, 12, 100):
+        dm = SFTDataModule(train=str(path), val_fraction=0.25, limit=n, limit_random=limit_random, seed=3)
+        dm.tokenizer = tokenizer
+        dm.setup("fit")
+        val = [ex.input_ids for ex in dm.val_set]
+        sets[n] = (val, [ex.input_ids for ex in dm.train_set])
+    assert len(sets[5][0]) == 10 and sets[5][0] == sets[12][0] == sets[100][0]  # 25 % of all 40 rows, every budget
+    assert [len(sets[n][1]) for n in (5, 12, 100)] == [5, 12, 30]  # the budget counts what the split left
+    val_ids = {tuple(v) for v in sets[5][0]}
+    assert not val_ids & {tuple(t) for t in sets[100][1]}
+    if not limit_random:  # the first rows of the training split: a smaller budget is a prefix of a larger one
+        assert sets[5][1] == sets[12][1][:5] == sets[100][1][:5]
+    else:  # a seeded sample, in file order
+        order = [ex for ex in sets[100][1]]
+        assert all(ex in order for ex in sets[12][1]) and sets[12][1] != sets[100][1][:12]
+        positions = [order.index(ex) for ex in sets[12][1]]
+        assert positions == sorted(positions)
+
+
 def test_shots_keep_n_per_class_after_the_validation_split(tmp_path: Path, tokenizer) -> None:
     rows = [{"text": f"text number {i}", "label": ["a", "b", "c"][i % 3]} for i in range(60)]
     path = write_jsonl(tmp_path / "cls.jsonl", rows)
