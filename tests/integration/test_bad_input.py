@@ -1,18 +1,20 @@
 """Bad input, table-driven, through the real command line (`ftlab.cli.main`, in process).
 
-Each case must end with a non-zero exit, a message naming the file, row or key (asserted), no
+Each case must end with exit status 2, a message naming the file, row or key (asserted), no
 traceback, and nothing written over: the run folder's existing files are unchanged and no DONE appears.
+A case is the arguments after `fit --config resume_base.yaml`, or a whole `sweep STUDY.yaml` command
+(whose study writes into the same run folder: a refused study writes nothing at all).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ftlab.cli import main
 from tests.conftest import REPO, write_jsonl
@@ -75,7 +77,13 @@ def bigger_tokenizer(tmp: Path) -> list[str]:
     ]
 
 
-CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+def study(tmp: Path, axes: dict) -> list[str]:
+    """`sweep` over a study whose folder is the run folder (base: the resume config, no data needed)."""
+    spec = {"output": str(tmp / "run"), "base": [str(BASE)], "axes": axes}
+    return ["sweep", write(tmp, "study.yaml", yaml.safe_dump(spec))]
+
+
+CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
     "malformed yaml": (
         lambda t: ["--config", write(t, "bad.yaml", "model: [unclosed\n"), *sft(good_data(t))],
         "bad.yaml",
@@ -124,7 +132,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         ],
         "num_generations",
     ),
-    "nan loss": (lambda t: [*sft(good_data(t)), "--model.optimizer.init_args.lr=1e10"], "the training loss is"),
+    "nan loss": (
+        lambda t: [*sft(good_data(t)), "--model.optimizer.init_args.lr=1e10"],
+        ("the training loss is", " at step "),
+    ),
     "missing model path": (
         lambda t: [
             "--model.backbone=ftlab.models.Pretrained",
@@ -137,6 +148,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "existing finished run": (finished_run, "already holds a finished run"),
     "missing checkpoint": (lambda t: [*sft(good_data(t)), f"--ckpt_path={t / 'gone.ckpt'}"], "gone.ckpt"),
     "checkpoint of another method": (checkpoint_of_another_method, "does not hold this run's trainable weights"),
+    "study with an empty axis": (lambda t: study(t, {"method": []}), "axes.method: the axis is empty"),
+    "study with duplicate cells": (
+        lambda t: study(
+            t,
+            {"steps": [{"name": "a", "set": {"trainer.max_steps": 2}}, {"name": "b", "set": {"trainer.max_steps": 2}}]},
+        ),
+        "have the same arguments",
+    ),
 }
 
 
@@ -151,11 +170,13 @@ def test_bad_input_is_one_clear_sentence(
     build, expected = CASES[case]
     extra = build(tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    is_study = extra[:1] == ["sweep"]
+    argv = extra if is_study else ["fit", "--config", str(BASE), *DEFAULTS, *extra, f"--trainer.default_root_dir={run}"]
     capsys.readouterr()
     environ = dict(os.environ)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            main(["fit", "--config", str(BASE), *DEFAULTS, *extra, f"--trainer.default_root_dir={run}"])
+            main(argv)
     finally:  # a strategy refused at setup has set up a process group already: leave none behind
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -163,9 +184,18 @@ def test_bad_input_is_one_clear_sentence(
         os.environ.update(environ)
     err = capsys.readouterr().err
     assert exit_info.value.code not in (0, None), err
-    assert expected in err, err[-1500:]
+    assert exit_info.value.code == 2, err[-1500:]
+    for part in (expected,) if isinstance(expected, str) else expected:
+        assert part in err, err[-1500:]
     assert "Traceback" not in err
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert all(after.get(name) == data for name, data in before.items()), "an existing file was written over"
     assert (run / "DONE").exists() == ("DONE" in before)
-    assert json.dumps(sorted(before)) and len(CASES) >= 20
+    assert before["keep.txt"] == after["keep.txt"] == b"earlier work"  # the check above saw the file
+    if is_study:  # refused before anything is written: no manifest, no logs, no run folders
+        assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
+def test_the_readme_counts_the_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert f"`tests/integration/test_bad_input.py` holds the table ({len(CASES)} cases" in readme
