@@ -50,6 +50,14 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())
 
 
+def training_specs(datamodule: object) -> list[str]:
+    """Every training file of a datamodule, the tasks' files for a mixture (its own specs are task names)."""
+    tasks = getattr(datamodule, "tasks", None)
+    if isinstance(tasks, dict):
+        return [spec for task in tasks.values() for spec in training_specs(task)]
+    return [str(s) for s in getattr(datamodule, "train_specs", None) or []]
+
+
 def text_metrics(answers: list[str], references: list[str], bleu_n_gram: int = 4) -> dict[str, float]:
     """Exact match, mean ROUGE-L F and corpus BLEU of answers against one reference each."""
     rouge = ROUGEScore(rouge_keys="rougeL")(answers, references)
@@ -138,8 +146,8 @@ class GenerationEval(pl.Callback):
         return out
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        train = getattr(trainer.datamodule, "train_specs", []) or []
         held = Path(self.file).expanduser().resolve()
+        train = training_specs(trainer.datamodule)
         if any(Path(spec).expanduser().resolve() == held for spec in train):
             raise FTLabError(f"generation-eval file {self.file} is also a training file; held-out prompts must not be")
         self.rows = self.read()

@@ -3,7 +3,7 @@
     <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "command"} per cell
     <study dir>/commands.tsv     id, run folder, command to show (redacted) and command per line (line i+1 =
                                  cell i; read by SLURM, which logs the shown one and runs the last)
-    <study dir>/study.json       what results need: name, metric, mode, seed axis, axis names, skipped cells
+    <study dir>/study.json       what results need: name, metric, report, mode, seed axis, axis names, skipped cells
     <study dir>/runs/<id>/       each cell's run folder (trainer.default_root_dir)
     <study dir>/logs/<id>.log    each cell's output
 
@@ -107,6 +107,7 @@ def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> 
     commands = "".join(f"{e.id}\t{e.run_dir}\t{shown(e.command)}\t{e.command}\n" for e in entries)
     runfolder.write_text(out / COMMANDS, commands, redact_secrets=False)
     meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
+    meta["report"] = study.report
     meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}
     runfolder.write_json(out / STUDY, meta)
     (out / LOGS).mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
     <study dir>/results/cells.csv    one row per cell: axis labels, costs, every logged metric
     <study dir>/results/table.csv    one row per group of cells that differ only in the seed axis:
                                      mean and 95 % confidence half-width of each number
-    <study dir>/results/table.md     the same, the target metric as mean ± half-width
+    <study dir>/results/table.md     the same, the target metric (and the study's `report` metrics) as
+                                     mean ± half-width
     <study dir>/results/*.png        the target metric against trainable parameters, peak memory, wall time
 
 Each file is written to a temporary name in the same folder and renamed into place, so `ftlab sweep results`
@@ -117,12 +118,13 @@ def _fmt(value: Any, ci: Any = None) -> str:
 
 def markdown(meta: dict[str, Any], groups: list[dict[str, Any]]) -> str:
     keys = [a for a in meta["axes"] if a != meta["seed_axis"]]
-    metric = meta["metric"]
-    head = [*keys, "n", f"{metric} (mean ± 95% CI)", "trainable params", "peak memory (MB)", "wall (s)"]
+    metric, report = meta["metric"], meta.get("report") or []
+    head = [*keys, "n", f"{metric} (mean ± 95% CI)", *report, "trainable params", "peak memory (MB)", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sign = -1.0 if meta["mode"] == "max" else 1.0  # best first
     for g in sorted(groups, key=lambda g: (g.get(metric) is None, sign * (g.get(metric) or 0.0))):
         cells = [str(g[k]) for k in keys] + [str(g["n"]), _fmt(g.get(metric), g.get(f"{metric}_ci"))]
+        cells += [_fmt(g.get(k), g.get(f"{k}_ci")) for k in report]
         cells += [_fmt(g.get("trainable_params")), _fmt(g.get("peak_memory_mb")), _fmt(g.get("wall_seconds"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

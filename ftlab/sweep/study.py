@@ -14,6 +14,7 @@
     zip: [[rank, alpha]]                         # these axes move together (equal lengths)
     exclude: [{method: full, rank: 8}]           # a cell matching every entry is dropped
     metric: val/loss                             # the results' target metric
+    report: [val/text/loss, gen/rougeL_f]        # more columns of the results table (mean ± 95 % CI)
     mode: min
     seed_axis: seed                              # results average over this axis
     launcher: {parallel: 1, slurm: {...}}        # see local.py and slurm.py
@@ -34,7 +35,7 @@ import yaml
 from ftlab.errors import FTLabError
 
 KNOWN = {"name", "output", "base", "overrides", "axes", "zip", "exclude", "metric", "mode", "seed_axis"}
-KNOWN |= {"launcher", "wandb"}
+KNOWN |= {"launcher", "wandb", "report"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Study:
     zip: list[list[str]] = field(default_factory=list)
     exclude: list[dict[str, list[str]]] = field(default_factory=list)
     metric: str = "val/loss"
+    report: list[str] = field(default_factory=list)
     mode: str = "min"
     seed_axis: str = "seed"
     launcher: dict[str, Any] = field(default_factory=dict)
@@ -163,6 +165,10 @@ def load_study(path: str | Path) -> Study:
             raise study.error(f"exclude[{i}]", f"expected a mapping from axis names {sorted(study.axes)} to labels")
         study.exclude.append({str(a): [str(v) for v in (v if isinstance(v, list) else [v])] for a, v in rule.items()})
     study.metric = str(raw.get("metric", study.metric))
+    report = raw.get("report") or []
+    if not isinstance(report, list) or not all(isinstance(k, str) and k for k in report):
+        raise study.error("report", f"expected a list of metric names, got {report!r}")
+    study.report = [k for k in report if k != study.metric]
     study.mode = str(raw.get("mode", study.mode))
     if study.mode not in ("min", "max"):
         raise study.error("mode", f"must be min or max, got {study.mode}")

@@ -56,6 +56,10 @@ def test_refuses_a_training_file_and_missing_fields(tmp_path: Path, sft_file: Pa
     trainer = SimpleNamespace(datamodule=SimpleNamespace(train_specs=[str(sft_file)]))
     with pytest.raises(FTLabError, match="also a training file"):
         callback.setup(trainer, None, "fit")
+    tasks = {"a": SimpleNamespace(train_specs=["x.jsonl"]), "b": SimpleNamespace(train_specs=[str(sft_file)])}
+    mixture = SimpleNamespace(train_specs=["a", "b"], tasks=tasks)  # a mixture's own specs are task names
+    with pytest.raises(FTLabError, match="also a training file"):  # a mixture's task trains on it
+        callback.setup(SimpleNamespace(datamodule=mixture), None, "fit")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x"}])
     with pytest.raises(FTLabError, match="row 0 has no 'output'"):
         GenerationEval(file=str(bad)).read()

@@ -82,6 +82,29 @@ def test_table_puts_the_best_first() -> None:
     assert group(meta, done) == [{"m": "x", "n": 2, "acc": 2.0, "acc_ci": pytest.approx(12.7062, abs=1e-3)}]
 
 
+def test_report_metrics_are_columns_of_the_table() -> None:
+    meta = {
+        "metric": "val/a",
+        "report": ["gen/bleu", "val/b"],
+        "mode": "min",
+        "seed_axis": "seed",
+        "axes": ["m", "seed"],
+    }
+    done = [
+        {"m": "x", "seed": "0", "status": "done", "val/a": 1.0, "gen/bleu": 0.25, "val/b": 4.0},
+        {"m": "x", "seed": "1", "status": "done", "val/a": 2.0, "gen/bleu": 0.75, "val/b": 4.0},
+        {"m": "y", "seed": "0", "status": "done", "val/a": 0.5},  # no generation metrics in this cell
+    ]
+    lines = markdown(meta, group(meta, done)).splitlines()
+    assert (
+        lines[0]
+        == "| m | n | val/a (mean ± 95% CI) | gen/bleu | val/b | trainable params | peak memory (MB) | wall (s) |"
+    )
+    # x: val/a 1.5 ± 12.7062·0.7071/√2 = 6.4; gen/bleu 0.5 ± 12.7062·0.3536/√2 = 3.2; val/b 4 ± 0
+    assert lines[3] == "| x | 2 | 1.5 ± 6.4 | 0.5 ± 3.2 | 4 ± 0 | – | – | – |"
+    assert lines[2] == "| y | 1 | 0.5 | – | – | – | – | – |"
+
+
 def test_a_failed_rewrite_leaves_the_previous_files_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from matplotlib.figure import Figure
 

@@ -100,6 +100,7 @@ def test_two_cells_with_the_same_arguments_are_refused(tmp_path: Path) -> None:
         ({"axes": {"m": ["a.yaml", "b.yaml"], "s": ["c.yaml"]}, "zip": [["m", "s"]]}, r"zip\[0\]: .*same number"),
         ({"axes": {"m": ["a.yaml"]}, "exclude": [{"x": "a"}]}, r"exclude\[0\]: expected a mapping from axis"),
         ({"axes": {"m": ["a.yaml", {"config": "a.yaml"}]}}, r"axes.m: two values share a label"),
+        ({"axes": {"m": ["a.yaml"]}, "report": "val/acc"}, r"report: expected a list of metric names"),
     ],
 )
 def test_mistakes_name_the_study_file_and_key(tmp_path: Path, spec: dict, message: str) -> None:
