@@ -124,15 +124,24 @@ def _strategy(spec: Any) -> Any:
     return type(name, (), {})()
 
 
+def _datamodule(spec: Namespace) -> Any:
+    """A stand-in datamodule; a mixture (`tasks`) answers with its first task's batch kind and packing, as
+    MixtureDataModule does once built (it refuses tasks that differ in either)."""
+    args = _init_args(spec)
+    tasks = args.get("tasks")
+    if isinstance(tasks, dict) and tasks and not hasattr(_import(spec.class_path), "batch_type"):
+        first = next(iter(tasks.values()))
+        inner = _datamodule(first if isinstance(first, Namespace) else Namespace(**first))
+        return _standin(_import(spec.class_path), batch_type=inner.batch_type, packing=inner.packing)
+    return _standin(_import(spec.class_path), packing=bool(args.get("packing", False)))
+
+
 def incompatibility(config: Namespace) -> str | None:
     """Why the composed parts cannot work together, in one sentence, or None when they can."""
     model = config.model
     objective = _standin(_import(model.objective.class_path))
     data = config.get("data")
-    datamodule = None
-    if isinstance(data, Namespace) and "class_path" in data:
-        packing = bool((data.get("init_args") or Namespace()).get("packing", False))
-        datamodule = _standin(_import(data.class_path), packing=packing)
+    datamodule = _datamodule(data) if isinstance(data, Namespace) and "class_path" in data else None
     try:
         method = _method(model.method)
         check_composition(method, objective, datamodule, _strategy(config.trainer.get("strategy", "auto")))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -71,3 +72,47 @@ def test_four_cells_end_to_end(tmp_path: Path, sft_file: Path, monkeypatch: pyte
     capsys.readouterr()
     main(["sweep", str(study)])  # everything is done: nothing runs again
     assert "ftlab sweep: start" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_single_vs_multi_task_and_budget_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped mixture x budget study, shrunk (tiny backbone, 3 steps, two budgets, one seed): every cell
+    validates on both tasks at every budget, answers the held-out prompts, and the table reports them."""
+    monkeypatch.chdir(REPO)
+    spec = yaml.safe_load((EXPERIMENTS / "sweeps" / "mixture_budget_tiny.yaml").read_text())
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(f'{{"instruction": "Name {w}.", "input": "", "output": "{w}"}}\n' for w in "abcd"))
+    gen = {"class_path": "ftlab.callbacks.generation_eval.GenerationEval", "init_args": {"file": str(held_out)}}
+    gen["init_args"] |= {"limit": 4, "max_new_tokens": 8, "batch_size": 4}
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks+": [gen]}}))
+    spec["base"] = [*spec["base"][:2], str(tmp_path / "gen.yaml")]
+    spec["output"] = str(tmp_path / "study")
+    spec["overrides"] |= {
+        "model.backbone.init_args.config": TINY_LLAMA,
+        "model.backbone.init_args.vocab_size": 512,
+        "trainer.max_steps": 3,
+        "trainer.log_every_n_steps": 1,
+    }
+    spec["axes"]["budget"]["values"] = [10, 20]
+    spec["axes"]["seed"]["values"] = [0]
+    study = tmp_path / "mixture.yaml"
+    study.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    main(["sweep", str(study)])
+    out = tmp_path / "study"
+    rows = list(csv.DictReader((out / "results" / "cells.csv").open()))
+    assert [(r["tasks"], r["budget"], r["status"]) for r in rows] == [
+        ("single", "10", "done"),
+        ("single", "20", "done"),
+        ("multi", "10", "done"),
+        ("multi", "20", "done"),
+    ]
+    for row in rows:
+        assert all(float(row[k]) > 0 for k in ("val/instructions/loss", "val/text/loss", "val/loss"))
+        assert 0 <= float(row["gen/rougeL_f"]) <= 1 and 0 <= float(row["gen/bleu"]) <= 1
+    data = [json.loads((out / "runs" / r["id"] / "summary.json").read_text())["data"] for r in rows]
+    assert [d["instructions/train_examples"] for d in data] == [10, 20, 10, 20]  # the budget, exactly
+    assert len({d["instructions/val_examples"] for d in data}) == 1  # one validation set at every budget
+    table = (out / "results" / "table.md").read_text()
+    head = "| tasks | budget | n | val/instructions/loss (mean ± 95% CI) | val/text/loss | gen/rougeL_f | gen/bleu |"
+    assert head in table

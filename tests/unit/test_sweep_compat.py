@@ -51,3 +51,14 @@ def test_a_capability_set_per_instance_counts(composer: Composer) -> None:
     assert reason(composer, "reft.yaml", packed, "--model.method.init_args.last=2") == (
         "method LoReFT cannot train on packed rows; set data packing: false"
     )
+
+
+def test_a_mixture_answers_with_its_tasks_batch_kind(composer: Composer) -> None:
+    mixture = ["--config", str(EXP / "data" / "instructions_text_mixture.yaml")]
+    assert reason(composer, "lora.yaml", *mixture) is None  # SFT tasks for the SFT objective
+    dpo = ["--config", str(EXP / "objectives" / "dpo.yaml")]
+    assert reason(composer, "lora.yaml", *mixture, *dpo) == (
+        "objective DPO consumes PreferenceBatch batches but datamodule MixtureDataModule yields SFTBatch batches"
+    )
+    packed = "--data.init_args.tasks.instructions.init_args.packing=true"
+    assert "cannot train on packed rows" in (reason(composer, "prompt.yaml", *mixture, packed) or "")
