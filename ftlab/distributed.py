@@ -36,6 +36,21 @@ def finds_unused(strategy: Any) -> bool:
     return bool(getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False))
 
 
+def data_parallel(module: Any) -> tuple[int, Any]:
+    """(how many ranks average their gradients, their process group: None for the default) in a
+    LightningModule's run: every process under DDP, the data-parallel dimension of the device mesh under
+    FSDP2 (tensor-parallel ranks of one replica share its batch), (1, None) in one process or before the
+    module is attached to a trainer."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size == 1:
+        return 1, None
+    mesh = getattr(module, "device_mesh", None)
+    if mesh is not None and is_sharded(trainer.strategy):
+        mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        return mesh.size(), mesh.get_group()
+    return trainer.world_size, None
+
+
 def shard(model: nn.Module, mesh: Any) -> nn.Module:
     """Shard every block of `model`, then the model itself, over the data-parallel mesh (FSDP2)."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method

@@ -175,7 +175,7 @@ class FineTuneModule(pl.LightningModule):
             self.model.train(was_training)
 
     def context(self) -> StepContext:
-        return StepContext(model=self.model, reference=self.reference, tokenizer=self.tokenizer)
+        return StepContext(self.model, self.reference, self.tokenizer, *distributed.data_parallel(self))
 
     # --- steps
     def _checked(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -215,7 +215,7 @@ class FineTuneModule(pl.LightningModule):
         FSDP a rank's penalty covers its own shards: the logged value is summed over ranks."""
         if not penalties:
             return loss
-        shown = loss.detach()
+        shown = metrics.get("loss", loss).detach()  # the objective's value (SFT: the global token mean)
         for name, term in penalties.items():
             value = term.detach().clone()
             if self._sharded_penalties:

@@ -26,13 +26,27 @@ Metrics = dict[str, torch.Tensor | Metric]
 
 @dataclass
 class StepContext:
-    """What an objective may use in a step: the policy, and the reference policy on demand."""
+    """What an objective may use in a step: the policy, the reference policy on demand, and the
+    data-parallel ranks (for a loss normalised over every rank's batch)."""
 
     model: nn.Module
     reference: Callable[[], AbstractContextManager[nn.Module]]
     """`with ctx.reference() as ref:` gives a model that computes the reference policy."""
     tokenizer: Any = None
     """The run's tokenizer (objectives that generate decode with it)."""
+    ranks: int = 1
+    """How many data-parallel ranks average their gradients in this step (DDP, FSDP); 1 in one process."""
+    group: Any = None
+    """Their process group (None: the default group)."""
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` summed over the data-parallel ranks, without gradient (a collective: every rank must
+        call it, in the same order); `value` itself in one process."""
+        if self.ranks == 1:
+            return value.detach()
+        total = value.detach().clone()
+        torch.distributed.all_reduce(total, group=self.group)
+        return total
 
 
 class Objective(nn.Module):

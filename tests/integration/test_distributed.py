@@ -3,9 +3,10 @@ launcher re-runs the command for each rank, which must not be pytest).
 
 Equivalences, each with every step's batch made of the whole training set so that the union of the
 ranks' batches is the single process's batch whatever the sampler's order:
-- DDP (2 × 4 rows) = 1 process (8 rows): SFT + LoRA and DPO + LoRA. The SFT rows all carry the same
-  number of loss tokens, so the mean of the two ranks' token means is the global token mean.
-- FSDP2 = DDP for Full and LoRA.
+- DDP (2 × 4 rows) = 1 process (8 rows): SFT + LoRA and DPO + LoRA. The SFT rows differ in length and in
+  answer tokens (one long answer, seven short), so the ranks always hold unequally many loss tokens: a
+  mean of the ranks' own token means is off by about 6e-2 here; the global token mean passes (1e-6).
+- FSDP2 = DDP for Full and LoRA, on the same rows.
 Tolerance 1e-5 absolute on weights after 3 AdamW steps at lr 1e-2: the ranks sum gradients in another
 order than one process does (float32 rounding, about 1e-7 relative per step, amplified by AdamW's
 normalisation where a gradient is near zero).
@@ -17,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,22 @@ PROMPTS = REPO / "ftlab" / "assets" / "synthetic_prompts.jsonl"
 TOL = 1e-5
 
 
-def equal_length_rows(backbone: Any, tmp: Path, n: int = 8) -> Path:
-    """`n` SFT rows that tokenize to the same length with the same number of loss tokens."""
+def unequal_rows(backbone: Any, tmp: Path) -> Path:
+    """8 SFT rows of unequal lengths: seven short answers and one long one. However the sampler deals them
+    out (4 per rank), the rank with the long answer holds more loss tokens than the other, so a mean of
+    the ranks' own token means differs from the global token mean in every step."""
     from ftlab.data import SFTDataModule
 
-    candidates = [{"instruction": f"Count to {i}.", "output": " ".join(["one"] * (1 + i % 3))} for i in range(60)]
-    path = write_jsonl(tmp / "candidates.jsonl", candidates)
-    dm = SFTDataModule(train=str(path), batch_size=n, max_length=64)
+    rows = [{"instruction": f"Count to {i}.", "output": "one"} for i in range(7)]
+    rows.append({"instruction": "Count to nine.", "output": " ".join(["one"] * 9)})
+    path = write_jsonl(tmp / "sft.jsonl", rows)
+    dm = SFTDataModule(train=str(path), batch_size=8, max_length=64, val_fraction=0.0)
     dm._tokenizer = backbone.load_tokenizer()
     dm.setup("fit")
-    shape = Counter((len(ex.input_ids), sum(t != -100 for t in ex.labels)) for ex in dm.train_set)
-    common, count = shape.most_common(1)[0]
-    assert count >= n, f"only {count} rows share a length"
-    keep = [i for i, ex in enumerate(dm.train_set) if (len(ex.input_ids), sum(t != -100 for t in ex.labels)) == common]
-    return write_jsonl(tmp / "sft.jsonl", [candidates[i] for i in keep[:n]])
+    counts = sorted(sum(t != -100 for t in ex.labels) for ex in dm.train_set)
+    assert len(counts) == 8 and counts[-1] > 4 * counts[-2], f"the long answer does not dominate: {counts}"
+    assert len({len(ex.input_ids) for ex in dm.train_set}) > 1
+    return path
 
 
 def cell(name: str, strategy: str, method: str, objective: str, data: Path, batch: int = 4, steps: int = 3) -> dict:
@@ -96,7 +98,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("distributed")
     backbone = TinyBackbone(config=cells.LLAMA, vocab_size=512)
     backbone.load_model(cells.objective("sft").model_class)  # build the cache before two ranks read it
-    sft = equal_length_rows(backbone, tmp)
+    sft = unequal_rows(backbone, tmp)
     quick = [
         "--config",
         "experiments/quickstart.yaml",
@@ -143,6 +145,9 @@ def test_ddp_equals_one_process_with_the_doubled_batch(runs: Path, name: str) ->
     assert_close(weights(runs, f"ddp_{name}"), weights(runs, f"single_{name}"))
     single = json.loads((runs / f"single_{name}.rank0.json").read_text())
     assert all(r["steps"] == single["steps"] == 3 for r in ranks(runs, f"ddp_{name}"))
+    if name == "lora_sft":  # every rank logs the global token mean: the single process's loss
+        for report in ranks(runs, f"ddp_{name}"):
+            assert report["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

@@ -1,10 +1,15 @@
 """The masked SFT loss against numbers worked out by hand."""
 
 import math
+from contextlib import nullcontext
+from dataclasses import dataclass
 
+import pytest
 import torch
+from torch import nn
 
-from ftlab.objectives.sft import IGNORE, TokenPerplexity, masked_nll
+from ftlab.objectives.base import StepContext
+from ftlab.objectives.sft import IGNORE, TokenPerplexity, global_token_mean, masked_nll
 
 
 def test_masked_nll_by_hand() -> None:
@@ -47,3 +52,38 @@ def test_perplexity_is_exp_of_token_weighted_mean() -> None:
     metric.update(torch.tensor(1.0), weight=torch.tensor(3))
     metric.update(torch.tensor(2.0), weight=torch.tensor(1))
     assert math.isclose(metric.compute().item(), math.exp((3 * 1.0 + 2.0) / 4), rel_tol=1e-6)
+
+
+@dataclass
+class OneOfTwoRanks(StepContext):
+    """A rank of two whose all-reduce returns `everyone`: both ranks' [summed NLL, token count], summed."""
+
+    everyone: torch.Tensor | None = None
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        assert value.shape == self.everyone.shape and not value.requires_grad
+        return self.everyone.to(value.dtype)
+
+
+def test_one_process_loss_is_the_token_mean() -> None:
+    ctx = StepContext(model=nn.Identity(), reference=nullcontext)
+    loss, shown = global_token_mean(torch.tensor(6.0), torch.tensor(3), ctx)
+    assert loss.item() == shown.item() == 2.0
+    assert global_token_mean(torch.tensor(0.0), torch.tensor(0), ctx)[0].item() == 0.0  # no answer token
+
+
+def test_gradient_averaged_over_ranks_is_that_of_the_global_token_mean() -> None:
+    # One weight w scales each token's NLL: rank 0 holds 3 tokens with NLL w·(1, 2, 3), rank 1 one token with
+    # NLL w·4. The global token mean is w·10/4: gradient 2.5 at w = 1. Rank 0's loss is 6w·2/4 (gradient 3),
+    # rank 1's is 4w·2/4 (gradient 2); DDP averages them: 2.5. The mean of the ranks' own token means,
+    # (2w + 4w)/2, would give 3.
+    w = torch.tensor(1.0, requires_grad=True)
+    everyone = torch.tensor([10.0, 4.0], dtype=torch.float64)
+    grads, shown = [], []
+    for values in ([1.0, 2.0, 3.0], [4.0]):
+        ctx = OneOfTwoRanks(model=nn.Identity(), reference=nullcontext, ranks=2, everyone=everyone)
+        loss, logged = global_token_mean((w * torch.tensor(values)).sum(), torch.tensor(len(values)), ctx)
+        grads.append(torch.autograd.grad(loss, w)[0].item())
+        shown.append(logged.item())
+    assert grads == pytest.approx([3.0, 2.0]) and sum(grads) / 2 == pytest.approx(2.5)
+    assert shown == [2.5, 2.5]  # the global token mean, logged alike on every rank
