@@ -6,6 +6,9 @@ step 2 or 3); then `--ckpt_path last` in the same folder. Every loss the resumed
 uninterrupted run's at the same step, bit for bit (float repr): weights, optimizer, LR schedule, RNG
 streams (dropout, sampling), the position inside the epoch and the unfreezing stage are all restored,
 and everything here runs single-threaded on CPU in the same order.
+
+A real SIGUSR1 or SIGTERM sent to a run makes it save last.ckpt at the next step boundary and exit 0
+without DONE; `--ckpt_path last` then finishes it.
 """
 
 from __future__ import annotations
@@ -121,17 +124,28 @@ def test_killed_and_resumed_run_logs_the_same_losses(cell: str, tmp_path: Path) 
     assert (root / "DONE").exists() and json.loads((root / "summary.json").read_text())["steps"] == max(straight)
 
 
-def test_sigusr1_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGUSR1, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],  # each: a subprocess and a resume
+    ids=["sigusr1", "sigterm"],
+)
+def test_a_signal_saves_a_checkpoint_stops_cleanly_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
     signal_at = [
         "--trainer.callbacks+=tests.integration.resume_helpers.SignalAt",
         "--trainer.callbacks.step=2",
-        "--trainer.max_steps=50",
+        f"--trainer.callbacks.signum={int(signum)}",
+        "--trainer.max_steps=6",
     ]
     result = killed_run("sft_lora", tmp_path / "run", tmp_path / "tape.jsonl", signal_at)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert f"ftlab: signal {int(signum)}: saved" in result.stderr  # ftlab's handler, not Lightning's
     root = tmp_path / "run"
     assert not (root / "DONE").exists() and not (root / "summary.json").exists()
     checkpoint = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2 and checkpoint["state_dict"]
     assert max(tape(tmp_path / "tape.jsonl")) == 2  # stopped at the next step boundary
+    os.chdir(REPO)
+    FTLabCLI(args=args("sft_lora", root, tmp_path / "resumed.jsonl", "--trainer.max_steps=6", "--ckpt_path=last"))
+    assert sorted(tape(tmp_path / "resumed.jsonl")) == [3, 4, 5, 6]  # went on from the step it stopped at
+    assert (root / "DONE").exists() and json.loads((root / "summary.json").read_text())["steps"] == 6
