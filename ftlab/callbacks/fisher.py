@@ -110,6 +110,8 @@ class FisherEstimate(pl.Callback):
         self.regularizer = regularizer
         self.source: str | None = None
         """Where the state came from at the last fit start: checkpoint, cache or computed."""
+        self.loss: str | None = None
+        """The per-sample loss of the last estimate: lm_nll, or the run's objective's name."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         reg = self.regularizer
@@ -190,6 +192,7 @@ class FisherEstimate(pl.Callback):
         chosen = sorted(random.Random(0).sample(range(len(examples)), min(reg.samples, len(examples))))
         batches = [collate([examples[i]]) for i in chosen]  # a batch of one per sample
         loss, compute = self.loss_fn(pl_module, batches[0])
+        self.loss = loss
         path = cache_root() / "fisher" / f"{self.key(pl_module, params, loss, batches)}.safetensors"
         hit = reg.cache and path.is_file()
         if trainer is not None and trainer.world_size > 1:

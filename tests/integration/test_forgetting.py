@@ -1,5 +1,6 @@
 """Forgetting tools end to end on a tiny Llama: EWC + LoRA fits, the Fisher cache, resume, the probe in
-summary.json, the configs composed on the quickstart, and a task A -> task B chain with online EWC."""
+summary.json, the configs composed on the quickstart, EWC under DPO, classification, GRPO and PPO, and a
+task A -> task B chain with online EWC."""
 
 from __future__ import annotations
 
@@ -18,13 +19,22 @@ from ftlab.callbacks.fisher import FisherEstimate
 from ftlab.callbacks.forgetting import BUNDLED_TEXT
 from ftlab.chain import FromRun
 from ftlab.cli import FTLabCLI
-from ftlab.data import SFTDataModule
+from ftlab.data import (
+    ClassificationDataModule,
+    FineTuneDataModule,
+    PreferenceDataModule,
+    PromptDataModule,
+    SFTDataModule,
+)
 from ftlab.methods import Full, LoRA
+from ftlab.models import TinyBackbone
 from ftlab.module import FineTuneModule
-from ftlab.objectives import SFT
+from ftlab.objectives import DPO, GRPO, PPO, SFT, Classification
+from ftlab.objectives.base import Objective
 from ftlab.regularizers import EWC, L2SP
 from ftlab.regularizers.ewc import FISHER_FILE
-from tests.conftest import REPO
+from ftlab.rewards import FunctionReward
+from tests.conftest import REPO, TINY_BERT, write_jsonl
 
 PROBE = {"max_length": 64, "max_tokens": 256, "batch_size": 4}
 
@@ -81,6 +91,105 @@ def test_ewc_lora_fit_probe_cache_and_resume(tiny_llama, sft_file: Path, tmp_pat
     assert all(torch.equal(kept[k], anchors[k]) for k in anchors), "resume re-anchored"
     probe = next(c for c in resumed.callbacks if isinstance(c, ForgettingProbe))
     assert probe.before == pytest.approx(summary["forget/ppl_before"])
+
+
+class Penalties(pl.Callback):
+    """The logged EWC term after every training batch."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.values.append(float(trainer.callback_metrics["train/reg/ewc"]))
+
+
+def reviews(path: Path, n: int, offset: int = 0) -> Path:
+    words = [("dull", "negative"), ("great", "positive"), ("awful", "negative"), ("fine", "positive")]
+    rows = [
+        {"text": f"the film was {words[i % 4][0]} {i}", "label": words[i % 4][1]} for i in range(offset, offset + n)
+    ]
+    return write_jsonl(path, rows)
+
+
+def mean_token_id(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **_) -> list[float]:
+    """A reward that differs between any two samples (unlike a token's share, 0 for most short samples of a
+    random model): GRPO's group advantages are then never all zero, and every update moves the weights."""
+    return [sum(ids) / max(len(ids), 1) / 512 for ids in completion_ids]
+
+
+def other_objective(
+    name: str, llama: TinyBackbone, tmp: Path
+) -> tuple[TinyBackbone, Objective, EWC, FineTuneDataModule]:
+    """(backbone, objective, EWC on old data, the run's datamodule) for one objective other than SFT. Old
+    data: preference pairs scored with DPO's own loss, reviews with the classifier's, text with the LM loss
+    for GRPO and PPO (whose prompt data EWC refuses)."""
+    assets = REPO / "ftlab" / "assets"
+    reward = [FunctionReward(mean_token_id)]
+    if name == "dpo":
+        pairs = str(assets / "preference_pairs.jsonl")
+        old = PreferenceDataModule(train=pairs, max_length=64)
+        return (
+            llama,
+            DPO(beta=0.1),
+            EWC(data=old, strength=100.0, samples=2),
+            PreferenceDataModule(train=pairs, batch_size=4, max_length=64),
+        )
+    if name == "classification":
+        old = ClassificationDataModule(train=str(reviews(tmp / "old.jsonl", 8, offset=100)), max_length=32)
+        data = ClassificationDataModule(train=str(reviews(tmp / "new.jsonl", 24)), batch_size=8, max_length=32)
+        return (
+            TinyBackbone(config=TINY_BERT, vocab_size=512),
+            Classification(num_labels=2),
+            EWC(data=old, strength=100.0, samples=2),
+            data,
+        )
+    prompts = PromptDataModule(train=str(assets / "synthetic_prompts.jsonl"), batch_size=4, max_length=32)
+    if name == "grpo":
+        objective = GRPO(rewards=reward, num_generations=2, max_new_tokens=4, updates_per_batch=2)
+    else:
+        objective = PPO(rewards=reward, max_new_tokens=4, epochs=2, minibatch_size=2, kl_target=1.0)
+    return llama, objective, EWC(data=BUNDLED_TEXT, strength=100.0, samples=2, max_length=32), prompts
+
+
+OLD_DATA_LOSS = {"dpo": "DPO", "classification": "Classification", "grpo": "lm_nll", "ppo": "lm_nll"}
+
+
+@pytest.mark.parametrize("name", ["dpo", "classification", "grpo", "ppo"])
+def test_ewc_regularizes_other_objectives(name: str, tiny_llama, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    backbone, objective, reg, data = other_objective(name, tiny_llama, tmp_path)
+    reg.cache = False  # each objective estimates its own Fisher
+    method = Full() if name == "classification" else LoRA(r=4)
+    module = FineTuneModule(
+        backbone, method, objective, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), regularizers=[reg]
+    )
+    penalties = Penalties()
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[penalties],
+    )
+    trainer.fit(module, data)
+    estimate = fisher_callback(trainer)
+    assert estimate.source == "computed" and estimate.loss == OLD_DATA_LOSS[name]
+    assert any((f > 0).any() for f in reg.fisher.get().values())
+    summary = json.loads((tmp_path / runfolder.SUMMARY).read_text())
+    assert summary["steps"] == 4 and summary["metrics"]["train/reg/ewc"] > 0
+    # the first update's penalty is taken at the anchors: 0; every later one pulls back a moved weight.
+    # An online-RL batch logs the mean over its updates (GRPO 2 per batch, PPO 4), the first one's included
+    later = penalties.values
+    if module.automatic_optimization:
+        assert len(later) == 4 and later[0] == 0.0
+        later = later[1:]
+    assert later and all(v > 0 for v in later), penalties.values
 
 
 def test_l2sp_pulls_full_fine_tuning(tiny_llama, sft_file: Path, tmp_path: Path) -> None:
