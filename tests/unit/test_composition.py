@@ -6,9 +6,10 @@ import pytest
 
 from ftlab.batches import SFTBatch
 from ftlab.errors import FTLabError
-from ftlab.methods import LoRA, PrefixTuning, PromptTuning, QLoRA
+from ftlab.methods import Full, LoRA, PrefixTuning, PromptTuning, QLoRA
 from ftlab.module import check_composition
 from ftlab.objectives import SFT
+from tests.conftest import REPO
 
 
 class PackedSFTData:
@@ -33,6 +34,23 @@ def test_prompt_learning_refuses_packed_rows(method) -> None:
 def test_qlora_refuses_fsdp_by_name() -> None:
     with pytest.raises(FTLabError, match=r"QLoRA does not support sharded training \(FSDPStrategy\)"):
         check_composition(QLoRA(), SFT(), None, strategy=ShardedStrategy())
+
+
+@pytest.mark.parametrize("method", [LoRA(), Full()])
+def test_fsdp1_is_refused_with_a_pointer_to_the_fsdp2_config(method) -> None:
+    """The method shards (supports_fsdp), so the refusal is about Lightning's FSDP1 strategy itself."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    assert method.supports_fsdp
+    expected = (
+        "ftlab shards with FSDP2: use strategy ModelParallelStrategy (experiments/base/trainer_fsdp.yaml), "
+        "not FSDPStrategy"
+    )
+    with pytest.raises(FTLabError) as refused:
+        check_composition(method, SFT(), None, strategy=FSDPStrategy())
+    assert str(refused.value) == expected
+    assert (REPO / "experiments" / "base" / "trainer_fsdp.yaml").is_file()  # the config it names exists
+    check_composition(method, SFT(), None, strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
 
 
 def test_qlora_without_bitsandbytes_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
