@@ -43,7 +43,16 @@ def ewc(**kwargs) -> EWC:
     return EWC(data=BUNDLED_TEXT, strength=100.0, samples=4, max_length=32, **kwargs)
 
 
-def fit(backbone, method, regs, data: Path, root: Path, steps: int = 3, ckpt: Path | None = None) -> pl.Trainer:
+def fit(
+    backbone,
+    method,
+    regs,
+    data: Path,
+    root: Path,
+    steps: int = 3,
+    ckpt: Path | None = None,
+    probes: tuple[ForgettingProbe, ...] = (),
+) -> pl.Trainer:
     module = FineTuneModule(
         backbone, method, SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), regularizers=regs
     )
@@ -56,7 +65,11 @@ def fit(backbone, method, regs, data: Path, root: Path, steps: int = 3, ckpt: Pa
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        callbacks=[ForgettingProbe(**PROBE), ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+        callbacks=[
+            ForgettingProbe(**PROBE),
+            *probes,
+            ModelCheckpoint(dirpath=root / "checkpoints", save_last=True),
+        ],
     )
     trainer.fit(module, SFTDataModule(train=str(data), val_fraction=0.25, batch_size=4, max_length=64), ckpt_path=ckpt)
     return trainer
@@ -226,11 +239,19 @@ def test_configs_compose_on_the_quickstart(tmp_path: Path, monkeypatch: pytest.M
     assert {"forget/ppl", "forget/ppl_before", "forget/delta_ppl", "train/reg/ewc"} <= set(metrics)
 
 
+def task_a_probe(sft_file: Path) -> dict:
+    """A probe on task A's validation rows (the split of A's own data: quickstart's val_fraction 0.1)."""
+    rows = {"train": str(sft_file), "val_fraction": 0.1, "max_length": 64}
+    return {"prefix": "task_a", "data": {"class_path": "ftlab.data.SFTDataModule", "init_args": rows}}
+
+
 def test_task_b_starts_from_task_a_and_carries_its_fisher(
     sft_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO)
-    a = tmp_path / "a"  # task A through the CLI: a run folder with its config, weights and Fisher
+    a = tmp_path / "a"  # task A through the CLI: a run folder with its config, weights, Fisher and A's metric
+    probe = {"class_path": "ftlab.callbacks.ForgettingProbe", "init_args": task_a_probe(sft_file)}
+    (tmp_path / "probe.yaml").write_text(json.dumps({"trainer": {"callbacks+": [probe]}}))  # JSON is YAML
     FTLabCLI(
         args=[
             "fit",
@@ -240,6 +261,7 @@ def test_task_b_starts_from_task_a_and_carries_its_fisher(
             "--trainer.max_steps=2",
             "--trainer.enable_progress_bar=false",
             "--trainer.callbacks=[]",
+            *("--config", str(tmp_path / "probe.yaml")),
             f"--data.init_args.train={sft_file}",
             "--data.init_args.max_length=64",
             f"--model.regularizers.init_args.data={BUNDLED_TEXT}",
@@ -249,7 +271,20 @@ def test_task_b_starts_from_task_a_and_carries_its_fisher(
     )
     f_a = runfolder.load_weights(a / FISHER_FILE)
     a_weights = runfolder.load_weights(a / runfolder.WEIGHTS)
-    task_b = fit(FromRun(str(a)), Full(), [ewc(online=True, gamma=0.5)], sft_file, tmp_path / "b")
+    a_end = json.loads((a / runfolder.SUMMARY).read_text())["metrics"]["task_a/ppl"]  # at A's final weights
+    # task B: other answers than A's, probed on A's validation rows as A was
+    b_rows = [{"instruction": f"Name colour number {i}.", "output": f"colour {i} is blue"} for i in range(24)]
+    b_file = write_jsonl(tmp_path / "b.jsonl", b_rows)
+    b_probe = task_a_probe(sft_file)
+    b_probe["data"] = SFTDataModule(**b_probe["data"]["init_args"])
+    task_b = fit(
+        FromRun(str(a)),
+        Full(),
+        [ewc(online=True, gamma=0.5)],
+        b_file,
+        tmp_path / "b",
+        probes=(ForgettingProbe(**b_probe),),
+    )
     module = task_b.lightning_module
     reg = module.regularizers[0]
     # B started from A's final weights: its anchors are A's weights
@@ -268,6 +303,11 @@ def test_task_b_starts_from_task_a_and_carries_its_fisher(
     assert all(torch.allclose(f_agreed[n], f_new[n]) for n in f_new)
     for name, f in reg.fisher.get().items():
         assert torch.allclose(f, 0.5 * f_a[name] + f_new[name]), name
-    # task A's metric after B: a probe on task A's validation rows
-    task_probe = ForgettingProbe(data=SFTDataModule(train=str(sft_file), val_fraction=0.25, max_length=64))
-    assert 1.0 < task_probe.perplexity(module) < float("inf")
+    # forgetting of A: its metric at A's end, before B (the same weights, reloaded: equal) and after B.
+    # Which way it moves is not asserted: two steps from a random start leave both tasks learning common
+    # tokens, and B lowers A's perplexity here (about 1188 -> 580); benchmarks/forgetting.py measures real forgetting
+    b = json.loads((tmp_path / "b" / runfolder.SUMMARY).read_text())["metrics"]
+    assert 1.0 < a_end < float("inf")
+    assert b["task_a/ppl_before"] == pytest.approx(a_end, rel=1e-5)
+    assert b["task_a/delta_ppl"] == pytest.approx(b["task_a/ppl"] - b["task_a/ppl_before"], rel=1e-4)
+    assert b["task_a/ppl"] != pytest.approx(a_end, rel=1e-3), "B did not move A's metric"
