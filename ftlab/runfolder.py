@@ -64,7 +64,7 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """`write(tmp)` to `.<name>.XXXX` beside `path` (same filesystem, so the rename is atomic), fsync it,
     rename it over `path`, fsync the folder; on any failure the temporary file goes and `path` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,17 +85,17 @@ def _atomic(path: Path, write: Any) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(redact(json.dumps(data, indent=2, sort_keys=True)) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(redact(json.dumps(data, indent=2, sort_keys=True)) + "\n"))
 
 
 def write_text(path: Path, text: str, redact_secrets: bool = True) -> None:
     """Atomically; secrets redacted unless the text is something to execute (a command that needs them)."""
-    _atomic(path, lambda tmp: Path(tmp).write_text(redact(text) if redact_secrets else text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(redact(text) if redact_secrets else text))
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
 
 
 def weights_metadata(path: Path) -> dict[str, str]:
@@ -110,7 +110,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's TorchCheckpointIO, saving through `_atomic`: `torch.save` to a temporary file beside the
+    """Lightning's TorchCheckpointIO, saving through `atomic_write`: `torch.save` to a temporary file beside the
     target, fsync, `os.replace`. (Lightning's own save goes through an fsspec transaction that writes in
     $TMPDIR and moves the file: across filesystems that move is a copy, and a killed copy leaves a truncated
     checkpoint under the final name.) Remote URLs (`s3://...`) keep Lightning's save. Loading restricts to
@@ -120,7 +120,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
-        _atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         location = map_location if map_location is not None else (lambda storage, loc: storage)

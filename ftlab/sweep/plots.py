@@ -6,10 +6,10 @@ better in one of the two. Points carry 95 % confidence bars over seeds where the
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ftlab import runfolder
 
 COSTS = {
     "trainable_params": "trainable parameters",
@@ -35,17 +35,8 @@ def pareto(points: list[tuple[float, float]], mode: str = "min") -> list[int]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    """PNG to a temporary name in the same folder, renamed into place: never a half-written image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """PNG to a temporary name in the same folder, synced and renamed into place: never a half-written image."""
+    runfolder.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def _label(meta: dict[str, Any], group: dict[str, Any]) -> str:
