@@ -1,10 +1,11 @@
 """Forgetting tools end to end on a tiny Llama: EWC + LoRA fits, the Fisher cache, resume, the probe in
-summary.json, the configs composed on the quickstart, EWC under DPO, classification, GRPO and PPO, and a
-task A -> task B chain with online EWC."""
+summary.json, the configs composed on the quickstart, EWC under DPO, classification, GRPO and PPO, a
+task A -> task B chain with online EWC, and continued pretraining on raw text."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,7 @@ from ftlab.data import (
     PreferenceDataModule,
     PromptDataModule,
     SFTDataModule,
+    TextDataModule,
 )
 from ftlab.methods import Full, LoRA
 from ftlab.models import TinyBackbone
@@ -311,3 +313,49 @@ def test_task_b_starts_from_task_a_and_carries_its_fisher(
     assert b["task_a/ppl_before"] == pytest.approx(a_end, rel=1e-5)
     assert b["task_a/delta_ppl"] == pytest.approx(b["task_a/ppl"] - b["task_a/ppl_before"], rel=1e-4)
     assert b["task_a/ppl"] != pytest.approx(a_end, rel=1e-3), "B did not move A's metric"
+
+
+class FirstBatch(pl.Callback):
+    """The first batch's LM loss recomputed by hand from the starting model, and the loss of every step."""
+
+    def __init__(self) -> None:
+        self.by_hand: float | None = None
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.by_hand is not None:
+            return
+        real = batch.attention_mask.bool()
+        assert torch.equal(batch.labels[real], batch.input_ids[real]) and batch.num_loss_tokens == int(real.sum())
+        with torch.no_grad():
+            logits = pl_module.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        # every real token after the first of its row is a target: positions t predict t + 1
+        targets = batch.input_ids[:, 1:].masked_fill(~real[:, 1:], -100)
+        self.by_hand = float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_continued_pretraining_on_raw_text(tiny_llama, tmp_path: Path) -> None:
+    # 8 rows of 32 tokens of the bundled WikiText-2 excerpt, 2 batches of 4, 4 epochs: 8 steps
+    pl.seed_everything(0)
+    module = FineTuneModule(tiny_llama, Full(), SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    first = FirstBatch()
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=8,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[first],
+    )
+    trainer.fit(module, TextDataModule(train=BUNDLED_TEXT, max_length=32, batch_size=4, limit=8))
+    assert len(first.losses) == 8
+    # the loss is the NLL of every token (nothing masked as a prompt): the hand-computed value at the start
+    assert first.losses[0] == pytest.approx(first.by_hand, rel=1e-4)
+    assert first.losses[0] == pytest.approx(math.log(512), rel=0.1)  # a random model: about ln(vocab)
+    assert max(first.losses[-2:]) < 0.8 * first.losses[0], first.losses
