@@ -3,7 +3,8 @@
 Every TRL run: the same saved model folder, LoRA through `peft_config` (r 8, alpha 16, no dropout, all linear
 layers but the head), `adamw_torch` (lr 5e-4, weight decay 0, constant rate), fp32, no gradient checkpointing
 (TRL's default turns it on; ftlab does not checkpoint), no evaluation, no checkpoints, no progress bar,
-`report_to="none"`, dataloader workers 0, the dataset read in order. TRL is given ftlab's token ids (its own
+`report_to="none"`, TRL's default `logging_steps` (500: no log call in a benchmark run, as ftlab's side runs
+without a logger), dataloader workers 0, the dataset read in order. TRL is given ftlab's token ids (its own
 tokenization would cut and template differently), so both sides train on the same tokens:
 - SFT: `input_ids` and `labels` columns (prompt and padding at -100), gradient clipping off as in ftlab;
 - DPO: `prompt_ids`/`chosen_ids`/`rejected_ids` (a subclass skips TRL's tokenization), sigmoid loss, beta 0.1,
@@ -159,7 +160,6 @@ def trl_grpo(name: str, warmup: int, steps: int, memory: bool, profile: bool) ->
         scale_rewards="group",
         use_bias_correction_kl=False,
         max_grad_norm=1.0,
-        logging_steps=1,
         shuffle_dataset=False,
     )
     counter = c.CountingReward(c.target_token())
