@@ -3,7 +3,8 @@ command for each rank, which must not be pytest): `python distributed_cells.py S
 
 SPEC is a list of cells {name, strategy: ddp|ddp_unused|fsdp|single, method, objective, steps,
 batch_size, data}. For each cell every rank writes `OUT/<name>.rank<r>.json` (its logged metrics,
-or the refusal message) and rank 0 writes `OUT/<name>.safetensors` (the gathered trainable weights).
+the checksum and the largest change of its trainable weights since training started, or the refusal
+message) and rank 0 writes `OUT/<name>.safetensors` (the gathered trainable weights).
 The pytest side (test_distributed.py) builds the backbone cache first so no two ranks race on it.
 """
 
@@ -100,6 +101,16 @@ def strategy(name: str) -> Any:
     return "auto"
 
 
+class StartWeights(pl.Callback):
+    """The trainable weights as training starts, gathered whole (under FSDP a collective, run on every rank)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: FineTuneModule) -> None:
+        self.weights = {k: v.detach().clone() for k, v in pl_module.trainable_state_dict(gather=True).items()}
+
+
 def run_cli(cell: dict[str, Any], out: Path) -> dict[str, Any]:
     """A cell given as command-line arguments: `python -m ftlab fit <args>` in this process."""
     from ftlab.cli import FTLabCLI
@@ -137,6 +148,7 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
         regularizers=regularizers,
     )
     devices = 1 if cell["strategy"] == "single" else 2
+    start = StartWeights()
     trainer = pl.Trainer(
         default_root_dir=root,
         accelerator="cpu",
@@ -149,6 +161,7 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
         enable_checkpointing=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
+        callbacks=[start],
     )
     try:
         trainer.fit(module, datamodule(cell))
@@ -158,6 +171,8 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
         }
         weights = module.trainable_state_dict(gather=True)
         report["checksum"] = sum(float(v.double().abs().sum()) for v in weights.values())
+        # the largest change of a trainable weight since training started (every weight is gathered whole)
+        report["moved"] = max(float((v - start.weights[k]).abs().max()) for k, v in weights.items())
         if trainer.is_global_zero:
             save_file({k: v.contiguous().cpu() for k, v in weights.items()}, out / f"{cell['name']}.safetensors")
     except FTLabError as err:

@@ -217,7 +217,8 @@ OBJECTIVES = ["sft", "dpo", "reward", "classification", "grpo", "ppo"]
 
 @pytest.mark.slow
 def test_every_method_and_objective_trains_or_is_refused_under_ddp_and_fsdp(tmp_path: Path) -> None:
-    """The capability table: each cell trains 2 steps with the ranks in agreement, or is refused at setup."""
+    """The capability table: each cell trains 2 steps that move its trainable weights, with the ranks in
+    agreement, or is refused at setup."""
     from ftlab.models import TinyBackbone
 
     TinyBackbone(config=cells.LLAMA, vocab_size=512).load_model(cells.objective("sft").model_class)
@@ -256,3 +257,6 @@ def test_every_method_and_objective_trains_or_is_refused_under_ddp_and_fsdp(tmp_
         else:
             assert not refusable, f"{entry['name']} should have been refused"
             assert first["steps"] == second["steps"] == 2 and first["checksum"] == second["checksum"], entry["name"]
+            # gradient steps moved the trainable weights: AdamW's first steps move a weight with a gradient by
+            # about lr = 1e-2, while weight decay alone would move none by more than 2 · lr · 0.01 · |w| < 1e-3
+            assert first["moved"] > 1e-3 and second["moved"] == first["moved"], (entry["name"], first["moved"])
