@@ -48,6 +48,17 @@ class StepContext:
         torch.distributed.all_reduce(total, group=self.group)
         return total
 
+    def std_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Sample standard deviation of `values` pooled over every rank's values, the same on each rank (so
+        Lightning's averaging over ranks when it logs leaves it unchanged); 0 for a single value.
+        From n, Σx, Σx² summed over ranks: s² = (Σx² − (Σx)²/n) / (n − 1), in float64."""
+        v = values.detach().double().flatten()
+        n, total, squares = self.sum_over_ranks(
+            torch.stack([v.new_tensor(float(v.numel())), v.sum(), v.square().sum()])
+        )
+        var = (squares - total * total / n) / (n - 1).clamp(min=1)
+        return var.clamp(min=0).sqrt().to(values.dtype)
+
 
 class Objective(nn.Module):
     """Base class of objectives (an `nn.Module` so heads and metric states move with the model)."""

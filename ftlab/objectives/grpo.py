@@ -128,7 +128,7 @@ class GRPO(Objective):
         groups = rewards.view(-1, self.num_generations)
         metrics = {
             "reward": rewards.mean(),
-            "reward_std": rewards.std(),
+            "reward_std": ctx.std_over_ranks(rewards),  # over every rank's rewards
             "reward_group_std": groups.std(dim=1).mean(),
             "completion_length": rollout.completion_mask.sum(-1).mean(),
             "perf/generate_seconds": torch.tensor(seconds),

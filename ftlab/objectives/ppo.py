@@ -166,7 +166,7 @@ class PPO(Objective):
             self.kl.update(float(kl_per_sequence), len(last))
         metrics = {
             "reward": scores.mean(),
-            "reward_std": scores.std() if len(scores) > 1 else torch.zeros(()),
+            "reward_std": ctx.std_over_ranks(scores),  # over every rank's scores
             "kl": kl_per_sequence,
             "kl_coef": torch.tensor(coef),
             "completion_length": mask.sum(-1).mean(),

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from ftlab.objectives.rl_math import (
@@ -90,3 +91,23 @@ def test_adaptive_kl_by_hand() -> None:
     assert math.isclose(controller.update(12.0, 10), 0.102)
     # KL 3 is half the target: error −0.2 -> ×0.98
     assert math.isclose(controller.update(3.0, 10), 0.102 * 0.98)
+
+
+def test_reward_std_is_pooled_over_ranks() -> None:
+    from ftlab.objectives.base import StepContext
+
+    class TwoRanks(StepContext):
+        """Rank 0's view of an all-reduce with a rank 1 holding `other`'s n, Σx, Σx²."""
+
+        other = torch.tensor([3.0, 1.0, 5.0], dtype=torch.float64)
+
+        def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+            o = self.other
+            return value + torch.stack([o.new_tensor(3.0), o.sum(), o.square().sum()])
+
+    mine = torch.tensor([0.0, 2.0])
+    # pooled values 0, 2, 3, 1, 5: mean 2.2, Σ(x − 2.2)² = 4.84 + 0.04 + 0.64 + 1.44 + 7.84 = 14.8, s² = 14.8 / 4
+    assert TwoRanks(None, None, ranks=2).std_over_ranks(mine).item() == pytest.approx(3.7**0.5, abs=1e-6)
+    one = StepContext(None, None)
+    assert one.std_over_ranks(mine).item() == pytest.approx(torch.tensor([0.0, 2.0]).std().item())
+    assert one.std_over_ranks(torch.tensor([4.0])).item() == 0.0  # a single value: no spread
