@@ -161,3 +161,33 @@ def test_shipped_studies_compose(name: str, monkeypatch: pytest.MonkeyPatch, cap
     monkeypatch.chdir(REPO)
     assert sweep(f"experiments/sweeps/{name}", None, None, True, []) == 0
     assert "python -m ftlab fit --config experiments/" in capsys.readouterr().out
+
+
+def test_a_study_with_wandb_gives_each_cell_its_project_group_name_and_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftlab.sweep.compat import Composer
+
+    monkeypatch.chdir(REPO)
+    spec = {
+        "name": "wb",
+        "output": str(tmp_path / "wb"),
+        "base": ["experiments/quickstart.yaml"],
+        "axes": {"method": ["experiments/methods/lora.yaml"], "seed": {"key": "seed_everything", "values": [0, 1]}},
+        "wandb": {"project": "ablations", "entity": "lab"},
+    }
+    path = tmp_path / "wb.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study = load_study(path)
+    entries = manifest.build(study, expand(study)[0])
+    composer = Composer()
+    for e in entries:
+        loggers = composer.parse(e.argv).trainer.logger
+        assert loggers[0].class_path == "lightning.pytorch.loggers.CSVLogger"  # the run's own loggers stay
+        wandb = loggers[-1]
+        assert wandb.class_path == "lightning.pytorch.loggers.WandbLogger"
+        args = wandb.init_args
+        assert (args.project, args.group, args.name, args.entity) == ("ablations", "wb", e.id, "lab")
+        assert args.tags == ["method=lora", f"seed={e.axes['seed']}"]
+        assert {k: str(v) for k, v in args.config.items()} == {"study": "wb", "method": "lora", "seed": e.axes["seed"]}
+    assert entries[0].id != entries[1].id
