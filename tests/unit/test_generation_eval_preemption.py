@@ -1,5 +1,6 @@
-"""Generation eval at the end of fit: a run stopped by preemption starts no generation pass (its grace period is for the
-checkpoint); a run stopped for any other reason is evaluated as usual."""
+"""Generation eval at the end of fit: a run stopped by preemption starts no generation pass (its grace
+period is for the checkpoint), a run stopped for any other reason is evaluated as usual, and the answers
+go to the run folder and to W&B."""
 
 from __future__ import annotations
 
