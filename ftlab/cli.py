@@ -7,7 +7,8 @@ Later `--config` files override earlier ones, so a run reads as base + method + 
 `--print_config` prints the composed config, which replays the run when passed back.
 Everything a run writes lands in `trainer.default_root_dir` (see ftlab.runfolder): ftlab points
 the CSV, TensorBoard and W&B loggers and the checkpoint callback there, and saves checkpoints atomically
-(runfolder.AtomicCheckpointIO).
+(runfolder.AtomicCheckpointIO). Under SLURM the trainer gets Lightning's SLURMEnvironment with auto_requeue off,
+unless the config names a cluster environment: preemption and requeue are ftlab's (ftlab.callbacks.preemption).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from ftlab import runfolder
 from ftlab.data.base import FineTuneDataModule
@@ -74,6 +76,19 @@ def guard_run_folder(config: Namespace) -> None:
         path.unlink(missing_ok=True)
 
 
+def slurm_plugins(configured: Any) -> Any:
+    """The trainer's plugins plus SLURMEnvironment(auto_requeue=False) when Lightning would detect SLURM (a batch
+    job or srun step, not an allocation named bash/interactive) and the config names no cluster environment:
+    Lightning's requeue handler saves from inside the signal handler, mid-step; ftlab's Preemption saves at the step
+    boundary and requeues itself. Anything else comes back as it was."""
+    if not SLURMEnvironment.detect():
+        return configured
+    items = [] if configured is None else list(configured) if isinstance(configured, list) else [configured]
+    if any(isinstance(plugin, ClusterEnvironment) for plugin in items):
+        return configured
+    return [*items, SLURMEnvironment(auto_requeue=False)]
+
+
 def _entries(value: Any) -> list[Namespace]:
     items = value if isinstance(value, list) else [value]
     return [item for item in items if isinstance(item, Namespace) and "class_path" in item]
@@ -118,6 +133,11 @@ class FTLabCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if "plugins" not in kwargs:
+            configured = self._get(self.config_init, "trainer", default={}).get("plugins")
+            plugins = slurm_plugins(configured)
+            if plugins is not configured:
+                kwargs["plugins"] = plugins
         trainer = super().instantiate_trainer(**kwargs)
         runfolder.use_atomic_checkpoints(trainer.strategy)  # checkpoints: temp name beside, fsync, rename
         return trainer

@@ -9,7 +9,7 @@ Resources come from the study's `launcher.slurm` section:
         cpus_per_task: 8
         mem: 64G
         max_parallel: 4         # --array=...%4
-        signal_seconds: 120     # USR1 this long before the time limit: Lightning saves and requeues
+        signal_seconds: 120     # USR1 this long before the time limit: ftlab saves last.ckpt, requeues
         setup: source .venv/bin/activate   # shell lines run before each cell
         template: slurm/array.sbatch       # default: the repository's
 
