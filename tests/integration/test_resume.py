@@ -8,7 +8,8 @@ streams (dropout, sampling), the position inside the epoch and the unfreezing st
 and everything here runs single-threaded on CPU in the same order.
 
 A real SIGUSR1 or SIGTERM sent to a run makes it save last.ckpt at the next step boundary and exit 0
-without DONE; `--ckpt_path last` then finishes it.
+without DONE; `--ckpt_path last` then finishes it. In a SLURM batch job, SIGUSR1 also runs `scontrol requeue`
+(here a stand-in that, like SLURM, sends the process SIGTERM at once), and the process still exits 0.
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ def tape(path: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in map(json.loads, path.read_text().splitlines())}
 
 
-def killed_run(cell: str, root: Path, tape_path: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def killed_run(
+    cell: str, root: Path, tape_path: Path, extra: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "ftlab", *args(cell, root, tape_path, *extra)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -149,3 +152,21 @@ def test_a_signal_saves_a_checkpoint_stops_cleanly_and_the_run_resumes(signum: i
     FTLabCLI(args=args("sft_lora", root, tmp_path / "resumed.jsonl", "--trainer.max_steps=6", "--ckpt_path=last"))
     assert sorted(tape(tmp_path / "resumed.jsonl")) == [3, 4, 5, 6]  # went on from the step it stopped at
     assert (root / "DONE").exists() and json.loads((root / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_sigusr1_in_a_slurm_batch_job_requeues_it_and_exits_0(tmp_path: Path) -> None:
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # SLURM sends the job's processes SIGTERM right after a requeue (~5 ms)
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nkill -TERM $PPID\n')
+    scontrol.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FTLAB_SLURM"))}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", SLURM_JOB_ID="4242", ENVIRONMENT="BATCH")
+    signal_at = ["--trainer.callbacks+=tests.integration.resume_helpers.SignalAt", "--trainer.callbacks.step=2"]
+    result = killed_run("sft_lora", tmp_path / "run", tmp_path / "tape.jsonl", signal_at, env)
+    assert result.returncode == 0, result.stderr[-2000:]  # the SIGTERM after the requeue did not kill it
+    assert calls.read_text() == "requeue 4242\n"
+    assert "ftlab: scontrol requeue 4242: the job goes back in the queue" in result.stderr
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2 and not (tmp_path / "run" / "DONE").exists()
+    assert not list((tmp_path / "run").glob("hpc_ckpt_*"))

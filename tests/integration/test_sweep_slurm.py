@@ -1,10 +1,16 @@
 """A study submitted as a SLURM job array to a real one-node cluster (slurm/local/start.sh installs slurm-wlm
-and munge from Debian packages and starts the daemons; stop.sh stops them). Root and apt (or SLURM) needed."""
+and munge from Debian packages and starts the daemons; stop.sh stops them). Root and apt (or SLURM) needed.
+
+The requeue test: a cell preempted with a real USR1 saves last.ckpt at a step boundary, requeues itself with
+`scontrol requeue`, comes back as restart 1 with `--ckpt_path .../last.ckpt` and logs, at every step, the loss an
+uninterrupted copy of the same cell (the other task of the same array) logs, bit for bit."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -14,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftlab.callbacks.preemption import REQUEUE_FLAG
 from ftlab.cli import main
 from tests.conftest import REPO
 from tests.integration.test_sweep_local import tiny_study
@@ -73,3 +80,82 @@ def test_study_as_a_job_array(cluster: Path, tmp_path: Path, sft_file: Path, mon
         assert "== " in log and " restart 0" in log  # the array script's header, then the fit's output
     main(["results", str(out)])
     assert (out / "results" / "table.md").read_text().count("| 1 |") == 2
+
+
+def slurm(*args: str) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
+def wait_for(condition, seconds: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+        assert time.monotonic() < deadline, f"{what} within {seconds:.0f} s\n{tail}"
+        time.sleep(0.5)
+
+
+def losses(run: Path) -> dict[int, str]:
+    """train/loss by step from the run's logs/metrics.csv, as written (the float's repr)."""
+    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    found: dict[int, str] = {}
+    for row in rows:
+        if row.get("train/loss"):
+            step = int(row["step"])
+            assert found.setdefault(step, row["train/loss"]) == row["train/loss"], f"step {step} logged twice"
+            found[step] = row["train/loss"]
+    return found
+
+
+def test_a_preempted_cell_requeues_itself_and_resumes_exactly(
+    cluster: Path, tmp_path: Path, sft_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv(REQUEUE_FLAG, raising=False)
+    steps = 1000  # 15-40 s of training on one core: time to see it start and signal it
+    path = tiny_study(tmp_path, sft_file, ["full"], [0])
+    spec = yaml.safe_load(path.read_text())
+    spec["overrides"]["trainer.max_steps"] = steps
+    shown = "trainer.enable_model_summary"  # the same cell twice (the sweep refuses identical arguments)
+    spec["axes"]["copy"] = [{"name": "straight", "set": {shown: True}}, {"name": "preempted", "set": {shown: False}}]
+    setup = "export OMP_NUM_THREADS=1"  # one thread in both copies: the same float sums
+    spec["launcher"] = {"slurm": {"time": "00:20:00", "cpus_per_task": 1, "max_parallel": 2, "setup": setup}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    started = time.perf_counter()
+    main(["sweep", str(path), "--launcher", "slurm"])
+    out = tmp_path / "study"
+    entries = {e["axes"]["copy"]: e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    preempted, straight = Path(entries["preempted"]["run_dir"]), Path(entries["straight"]["run_dir"])
+    log = out / "logs" / f"{entries['preempted']['id']}.log"
+    array = slurm("squeue", "-h", "-o", "%F").split()[0]
+    task = f"{array}_{entries['preempted']['index']}"
+
+    wait_for((preempted / "logs" / "metrics.csv").exists, 180, "no metrics (the fit did not start)", log)
+    slurm("scancel", "--signal=USR1", "--batch", task)  # what --signal=B:USR1@120 sends before the time limit
+    show = lambda: slurm("scontrol", "show", "job", task)  # noqa: E731
+    wait_for(lambda: "Restarts=1" in show() and "JobState=PENDING" in show(), 120, "no requeue", log)
+    slurm("scontrol", "update", f"jobid={task}", "StartTime=now")  # else eligible again after cred_expire
+    wait_for(lambda: not slurm("squeue", "-h").strip(), 300, "the array did not finish", log)
+    print(f"SLURM array with a requeued cell done in {time.perf_counter() - started:.1f} s")
+
+    text = log.read_text()
+    stop = re.search(r"ftlab: signal 10: saved (\S+) at step (\d+) and stopped", text)
+    assert stop and Path(stop[1]) == preempted / "checkpoints" / "last.ckpt", text[-3000:]
+    # the task by its array name: one task's SLURM_JOB_ID is the array's id, and requeueing that requeues both
+    assert f"ftlab: scontrol requeue {task}: the job goes back in the queue" in text, text[-3000:]
+    first, _, second = text.partition(" restart 1\n")
+    assert " restart 0\n" in first and second, text[-3000:]  # the requeued task ran the array script again
+    assert f"--ckpt_path {preempted / 'checkpoints' / 'last.ckpt'}" in second
+    assert "Traceback" not in text and "hpc_ckpt" not in text and not list(preempted.glob("hpc_ckpt_*"))
+    other = (out / "logs" / f"{entries['straight']['id']}.log").read_text()
+    assert " restart 1" not in other and "ftlab: signal" not in other, other[-2000:]
+    stopped_at = int(stop[2])
+    assert 0 < stopped_at < steps - 50, stopped_at  # stopped early on: most steps ran after the resume
+    for run in (straight, preempted):
+        assert (run / "DONE").exists() and json.loads((run / "summary.json").read_text())["steps"] == steps
+    # Lightning's CSVLogger starts metrics.csv afresh when the resumed fit reopens logs/: it holds the steps
+    # from the resume on, each equal to the uninterrupted copy's
+    reference, resumed = losses(straight), losses(preempted)
+    assert min(resumed) == stopped_at and sorted(resumed) == [s for s in sorted(reference) if s >= stopped_at]
+    assert all(resumed[step] == reference[step] for step in resumed), [
+        (step, resumed[step], reference[step]) for step in resumed if resumed[step] != reference[step]
+    ][:5]
