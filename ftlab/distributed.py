@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftlab.errors import FTLabError
 from ftlab.models.anatomy import find_blocks
 
 SHARDED = {"FSDPStrategy", "ModelParallelStrategy"}
@@ -34,6 +35,22 @@ def is_ddp(strategy: Any) -> bool:
 def finds_unused(strategy: Any) -> bool:
     """Whether a DDP strategy looks for parameters that got no gradient in a step."""
     return bool(getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False))
+
+
+def check_strategy(method: Any, strategy: Any) -> None:
+    """Refuse, in one sentence, a method that the run's strategy cannot train (part of `check_composition`)."""
+    if is_sharded(strategy) and not method.supports_fsdp:
+        raise FTLabError(f"method {method.name} does not support sharded training ({type(strategy).__name__})")
+    if type(strategy).__name__ == "FSDPStrategy":
+        raise FTLabError(
+            "ftlab shards with FSDP2: use strategy ModelParallelStrategy (experiments/base/trainer_fsdp.yaml), "
+            "not FSDPStrategy"
+        )
+    if is_ddp(strategy) and method.schedules_trainable and not finds_unused(strategy):
+        raise FTLabError(
+            f"method {method.name} changes which parameters train during the run; under DDP use "
+            "strategy: ddp_find_unused_parameters_true"
+        )
 
 
 def data_parallel(module: Any) -> tuple[int, Any]:

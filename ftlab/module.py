@@ -49,18 +49,7 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
         )
     if getattr(datamodule, "packing", False) and not method.supports_packing:
         raise FTLabError(f"method {method.name} cannot train on packed rows; set data packing: false")
-    if distributed.is_sharded(strategy) and not method.supports_fsdp:
-        raise FTLabError(f"method {method.name} does not support sharded training ({type(strategy).__name__})")
-    if type(strategy).__name__ == "FSDPStrategy":
-        raise FTLabError(
-            "ftlab shards with FSDP2: use strategy ModelParallelStrategy (experiments/base/trainer_fsdp.yaml), "
-            "not FSDPStrategy"
-        )
-    if distributed.is_ddp(strategy) and method.schedules_trainable and not distributed.finds_unused(strategy):
-        raise FTLabError(
-            f"method {method.name} changes which parameters train during the run; under DDP use "
-            "strategy: ddp_find_unused_parameters_true"
-        )
+    distributed.check_strategy(method, strategy)
 
 
 class FineTuneModule(pl.LightningModule):
@@ -155,8 +144,10 @@ class FineTuneModule(pl.LightningModule):
         from ftlab.callbacks.rng import RandomState
         from ftlab.callbacks.run_report import RunReport
 
+        # the regularizers' before the objective's: at fit start the Fisher is estimated with the live reference,
+        # before a precomputed DPO reference replaces it (and frees a frozen reference copy)
         own = [c for r in self.regularizers for c in r.callbacks()]
-        return [RunReport(), RandomState(), Preemption(), *self.method.callbacks(), *self.objective.callbacks(), *own]
+        return [RunReport(), RandomState(), Preemption(), *self.method.callbacks(), *own, *self.objective.callbacks()]
 
     @contextmanager
     def reference(self) -> Iterator[nn.Module]:
@@ -212,14 +203,14 @@ class FineTuneModule(pl.LightningModule):
 
     def _regularized(self, loss: torch.Tensor, penalties: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
         """The objective's loss plus the penalties (each logged as `reg/<name>`; `loss` is the total). Under
-        FSDP a rank's penalty covers its own shards: the logged value is summed over ranks."""
+        FSDP a rank's penalty covers its own shards: the logged value is summed over the data-parallel ranks."""
         if not penalties:
             return loss
         shown = metrics.get("loss", loss).detach()  # the objective's value (SFT: the global token mean)
         for name, term in penalties.items():
             value = term.detach().clone()
-            if self._sharded_penalties:
-                torch.distributed.all_reduce(value)
+            if self._sharded_penalties:  # the parameters are sharded over the data-parallel group only
+                torch.distributed.all_reduce(value, group=distributed.data_parallel(self)[1])
             metrics[f"reg/{name}"] = value
             shown = shown + value
             loss = loss + term
