@@ -99,3 +99,22 @@ def full(value: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def cut_like_buffers(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict of whole tensors (read from a checkpoint, the same on every rank) with each value whose
+    buffer in `module` is sharded cut as that buffer is, locally (no communication); the rest unchanged.
+
+    Under FSDP a resumed run's fit-start callbacks run before the checkpoint is restored, so regularizer
+    buffers exist already, as shards; under DDP or in one process they do not, and load as saved."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    buffers = dict(module.named_buffers())
+    out = {}
+    for key, value in state.items():
+        buffer = buffers.get(key)
+        if isinstance(buffer, DTensor) and not isinstance(value, DTensor):
+            value = value.to(device=buffer.to_local().device, dtype=buffer.dtype)
+            value = distribute_tensor(value, buffer.device_mesh, buffer.placements, src_data_rank=None)
+        out[key] = value
+    return out

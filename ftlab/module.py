@@ -380,12 +380,15 @@ class FineTuneModule(pl.LightningModule):
         checkpoint["ftlab"] = {
             "method": self.method.name,
             "objective": self.objective.name,
-            "regularizers": [r.state_dict() for r in self.regularizers],
+            # whole tensors, like the weights: a resumed run cuts them into its own shards
+            "regularizers": [{k: distributed.full(v) for k, v in r.state_dict().items()} for r in self.regularizers],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "state_dict" in checkpoint:  # a sharding strategy loads the weights itself and passes the rest
+        # ModelParallelStrategy loads the weights (and optimizer) itself before this hook, skipping names this run
+        # lacks (strict_loading is off), and passes the rest of the checkpoint without them: nothing to check here
+        if "state_dict" in checkpoint:
             self._check_keys(checkpoint["state_dict"], "the checkpoint")
         saved = checkpoint.get("ftlab", {}).get("regularizers", [])
         for regularizer, state in zip(self.regularizers, saved, strict=False):
-            regularizer.load_state_dict(state, strict=False)
+            regularizer.load_state_dict(distributed.cut_like_buffers(state, regularizer), strict=False)
