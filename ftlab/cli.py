@@ -142,6 +142,15 @@ class FTLabCLI(LightningCLI):
         runfolder.use_atomic_checkpoints(trainer.strategy)  # checkpoints: temp name beside, fsync, rename
         return trainer
 
+    def before_fit(self) -> None:
+        """A resumed fit keeps the CSV rows logged before its checkpoint (Lightning's writer deletes them)."""
+        if self.config.fit.get("ckpt_path"):
+            from ftlab.callbacks.log_history import KeepCSVHistory
+
+            keep = KeepCSVHistory.read(self.trainer)
+            if keep is not None:
+                self.trainer.callbacks.append(keep)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         place_outputs(config.trainer)

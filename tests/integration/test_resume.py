@@ -14,6 +14,7 @@ without DONE; `--ckpt_path last` then finishes it. In a SLURM batch job, SIGUSR1
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -97,14 +98,25 @@ def killed_run(
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+CSV = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs"]
+
+
+def csv_losses(root: Path) -> dict[int, str]:
+    """train/loss by step from the run's logs/metrics.csv (as written: the float's text)."""
+    rows = list(csv.DictReader((root / "logs" / "metrics.csv").open(newline="")))
+    return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
+
+
 def run_cell(cell: str, tmp: Path) -> tuple[dict[int, float], dict[int, float], Path]:
     os.chdir(REPO)
-    FTLabCLI(args=args(cell, tmp / "straight", tmp / "straight.jsonl"))
+    FTLabCLI(args=args(cell, tmp / "straight", tmp / "straight.jsonl", *CSV))
     kill = ["--trainer.callbacks+=tests.integration.resume_helpers.KillAt", "--trainer.callbacks.step=3"]
-    result = killed_run(cell, tmp / "broken", tmp / "broken.jsonl", kill)
+    result = killed_run(cell, tmp / "broken", tmp / "broken.jsonl", [*kill, *CSV])
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert not (tmp / "broken" / "DONE").exists()
-    FTLabCLI(args=args(cell, tmp / "broken", tmp / "resumed.jsonl", "--ckpt_path=last"))
+    FTLabCLI(args=args(cell, tmp / "broken", tmp / "resumed.jsonl", *CSV, "--ckpt_path=last"))
+    # the CSV log holds every step once, as the uninterrupted run's: the rows before the checkpoint kept
+    assert csv_losses(tmp / "broken") == csv_losses(tmp / "straight")
     return tape(tmp / "straight.jsonl"), tape(tmp / "resumed.jsonl"), tmp / "broken"
 
 

@@ -1,0 +1,65 @@
+"""Keep a resumed run's CSV metrics: Lightning's CSV writer deletes `metrics.csv` when a fit reopens its
+folder, so a run resumed with `--ckpt_path` would hold only the steps after the resume.
+
+The CLI reads each CSV logger's file before the fit starts (`KeepCSVHistory.read`); once the checkpoint is
+restored (`on_train_start`, global step G known) the rows logged before step G are written back, and the
+writer goes on appending after them with the same columns. Rows at step G or later were logged after the
+checkpoint by the interrupted run: the resumed run logs those steps again, so they are dropped rather than
+kept twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger
+
+from ftlab import runfolder
+
+
+def _step(row: dict[str, str]) -> int | None:
+    try:
+        return int(float(row.get("step") or ""))
+    except ValueError:
+        return None
+
+
+class KeepCSVHistory(pl.Callback):
+    """Writes back the rows a resumed run's CSV loggers logged before its checkpoint."""
+
+    def __init__(self, history: dict[int, tuple[list[str], list[dict[str, str]]]]) -> None:
+        self.history = history  # logger position in trainer.loggers -> (columns, rows)
+
+    @classmethod
+    def read(cls, trainer: pl.Trainer) -> KeepCSVHistory | None:
+        history = {}
+        for i, logger in enumerate(trainer.loggers):
+            if isinstance(logger, CSVLogger):
+                path = Path(logger.log_dir) / "metrics.csv"
+                if path.is_file():
+                    with path.open(newline="") as f:
+                        reader = csv.DictReader(f)
+                        history[i] = (list(reader.fieldnames or []), list(reader))
+        return cls(history) if history else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for i, (columns, rows) in self.history.items():
+            logger: Any = trainer.loggers[i]
+            kept = [r for r in rows if (s := _step(r)) is not None and s < trainer.global_step]
+            writer = logger.experiment  # created now at the latest: the old file is gone
+            logger.save()  # whatever this fit logged so far goes after the old rows, below
+            pending = Path(writer.metrics_file_path)
+            new = list(csv.DictReader(pending.open(newline=""))) if pending.is_file() else []
+            keys = sorted(set(columns) | set(writer.metrics_keys) | {k for r in new for k in r})
+            text = io.StringIO(newline="")
+            out = csv.DictWriter(text, fieldnames=keys)
+            out.writeheader()
+            out.writerows(kept + new)
+            runfolder.write_text(pending, text.getvalue(), redact_secrets=False)
+            writer.metrics_keys = keys
