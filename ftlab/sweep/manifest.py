@@ -127,12 +127,15 @@ def is_done(run_dir: Path) -> bool:
 
 
 def resume_argv(run_dir: Path) -> list[str]:
-    """`--ckpt_path <newest checkpoint>` when a killed or requeued run left one (SLURM's hpc_ckpt_N.ckpt, or
-    the last checkpoint), so the rerun continues instead of starting over; `--overwrite=true` when it failed
-    before any checkpoint; the same rule as array.sbatch."""
-    found = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / runfolder.CHECKPOINTS / "last.ckpt"]
-    found = [p for p in found if p.is_file()]
-    if found:
-        return ["--ckpt_path", str(max(found, key=lambda p: p.stat().st_mtime))]
+    """`--ckpt_path` when a killed or requeued run left a checkpoint, so the rerun continues instead of starting
+    over: checkpoints/last.ckpt (saved at a step boundary), else the newest of Lightning's hpc_ckpt_N.ckpt (only
+    a config that turns Lightning's own SLURM requeue back on writes those, possibly mid-step); `--overwrite=true`
+    when it failed before any checkpoint. The same rule as slurm/array.sbatch."""
+    last = run_dir / runfolder.CHECKPOINTS / "last.ckpt"
+    if last.is_file():
+        return ["--ckpt_path", str(last)]
+    hpc = [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if p.is_file()]
+    if hpc:
+        return ["--ckpt_path", str(max(hpc, key=lambda p: p.stat().st_mtime))]
     # a cell that failed before its first checkpoint starts over (a run refuses a used folder without the flag)
     return ["--overwrite=true"] if (run_dir / runfolder.CONFIG).is_file() else []

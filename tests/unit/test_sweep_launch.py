@@ -57,16 +57,20 @@ def test_local_rerun_skips_done_cells_and_redoes_failed_ones(tmp_path: Path) -> 
     assert (tmp_path / "logs" / "x.log").read_text().count("== ") == 2  # one log per cell, attempts appended
 
 
-def test_resume_takes_the_newest_checkpoint(tmp_path: Path) -> None:
+def test_resume_prefers_the_step_boundary_checkpoint(tmp_path: Path) -> None:
     assert resume_argv(tmp_path) == []
     (tmp_path / "config.yaml").write_text("")  # started, failed before any checkpoint: start over
     assert resume_argv(tmp_path) == ["--overwrite=true"]
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_text("")
-    hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    hpc.write_text("")
-    os.utime(tmp_path / "checkpoints" / "last.ckpt", (1, 1))
-    assert resume_argv(tmp_path) == ["--ckpt_path", str(hpc)]
+    old, new = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "hpc_ckpt_2.ckpt"
+    old.write_text("")
+    new.write_text("")
+    os.utime(old, (1, 1))
+    assert resume_argv(tmp_path) == ["--ckpt_path", str(new)]  # no last.ckpt: the newest HPC checkpoint
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_text("")
+    os.utime(last, (1, 1))  # older than both HPC files, and still preferred: it was saved at a step boundary
+    assert resume_argv(tmp_path) == ["--ckpt_path", str(last)]
 
 
 def write_study(tmp_path: Path, launcher: dict | None = None) -> Path:
