@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
@@ -213,6 +214,8 @@ def user_error(err: BaseException) -> FTLabError | None:
         seen.add(id(current))
         if isinstance(current, FTLabError):
             return current
+        if isinstance(current, MisconfigurationException):  # Lightning refusing options that contradict each other
+            return FTLabError(f"trainer: {current}")
         stack += [current.__cause__, current.__context__]
     message = str(err)
     for line in message.splitlines():  # the parser keeps only the text of the errors it collects

@@ -148,6 +148,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
     "existing finished run": (finished_run, "already holds a finished run"),
     "missing checkpoint": (lambda t: [*sft(good_data(t)), f"--ckpt_path={t / 'gone.ckpt'}"], "gone.ckpt"),
     "checkpoint of another method": (checkpoint_of_another_method, "does not hold this run's trainable weights"),
+    "trainer options that contradict each other": (
+        lambda t: [*sft(good_data(t)), "--trainer.enable_progress_bar=false", "--trainer.callbacks+=RichProgressBar"],
+        ("trainer: ", "enable_progress_bar=False"),
+    ),
     "study with an empty axis": (lambda t: study(t, {"method": []}), "axes.method: the axis is empty"),
     "study with duplicate cells": (
         lambda t: study(
