@@ -1,8 +1,8 @@
 """RandomState: the random streams in checkpoints, so a resumed run draws what an uninterrupted one would.
 
 Lightning restores weights, optimizer, schedules and loop counters but not the random number
-generators. This callback saves Python's, NumPy's and torch's (CPU and CUDA) RNG states with every
-checkpoint and puts them back just before the first training batch after a resume (anything that
+generators. This callback saves Python's, NumPy's and torch's (CPU and CUDA) RNG states of every rank with
+every checkpoint and puts them back just before the first training batch after a resume (anything that
 draws between loading and training, e.g. a sanity check, can no longer shift the stream). Validation
 runs on a forked stream: it may sample (GRPO, PPO), and must not change what training draws next, so
 a run that validates after step k and a run resumed from step k continue identically.
@@ -48,10 +48,25 @@ class RandomState(pl.Callback):
         self._outside_validation: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": capture()}
+        """Every rank's streams (each rank draws its own dropout masks and samples): gathered to all ranks,
+        as Lightning asks every rank for the checkpoint's state and rank 0 writes it."""
+        state = capture()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {"rng": state}
+        ranks: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, state)
+        return {"rng": state, "ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
+        ranks = state_dict.get("ranks")
+        rank = (
+            torch.distributed.get_rank()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 0
+        )
+        # a rank of the saving run restores its own streams; a run with more ranks than that starts the extra
+        # ones from rank 0's (it cannot continue what did not exist)
+        self._pending = ranks[rank] if ranks and rank < len(ranks) else state_dict.get("rng")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:

@@ -8,7 +8,9 @@ batch ahead, so a count of batches handed out would be one too many). On resume 
 its generator for that epoch and skips the batches already trained on, so the run sees exactly the
 batches an uninterrupted run would. Shuffling draws from the loader's own generator, never from the
 global RNG, so creating the iterator does not shift the random stream of dropout or sampling.
-Under DDP Lightning swaps in a DistributedSampler (seeded per epoch by itself); skipping still holds.
+Under DDP Lightning swaps in a DistributedSampler, seeded per epoch; the loader sets that epoch itself
+before iterating (Lightning sets it only after a resumed loop has created the iterator, which would skip
+through epoch 0's order), so skipping holds there too.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class ResumableLoader(DataLoader):
         epoch = self._epoch()
         if self.generator is not None:
             self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        for sampler in (self.sampler, self.batch_sampler):  # Lightning sets a DistributedSampler's epoch only
+            if hasattr(sampler, "set_epoch"):  # after a resumed loop's first iter(): the skip must use this epoch
+                sampler.set_epoch(epoch)
         skip = 0
         if self._resume is not None and self._resume["epoch"] == epoch:
             skip = self._resume["batches"]

@@ -15,9 +15,7 @@ Resume, for SFT + LoRA (dropout 0.1), SFT + Full and (FSDP) SFT + Full + EWC, 5 
 steps an epoch): an uninterrupted run; a run in which rank 0 alone gets SIGUSR1 after step 3 (mid-epoch:
 ftlab's Preemption stops every rank and saves last.ckpt); a second launch resumes it with ckpt_path="last".
 The resumed run starts from the checkpoint's weights bit for bit, and its losses and final weights must equal
-the uninterrupted run's bit for bit too (the same ranks reduce in the same order on CPU): that test is an
-expected failure until two bugs outside these files are fixed (see SAMPLER and RNG below); with both fixed
-by hand, every variant measured bit-identical.
+the uninterrupted run's bit for bit too (the same ranks reduce in the same order on CPU).
 """
 
 from __future__ import annotations
@@ -243,32 +241,7 @@ def test_qlora_under_fsdp_is_refused_with_the_reason(runs: Path) -> None:
         assert report["refused"] == "method QLoRA does not support sharded training (ModelParallelStrategy)"
 
 
-SAMPLER = (
-    "ftlab/data/resumable.py: a resumed ResumableLoader skips the batches already trained while Lightning's "
-    "DistributedSampler still holds epoch 0 (Lightning iterates the loader before it sets the epoch), so a run "
-    "resumed in epoch 1 or later trains on epoch 0's order; fix: sampler.set_epoch(epoch) in __iter__"
-)
-RNG = (
-    "ftlab/callbacks/rng.py: RandomState saves rank 0's random state only (rank 0 writes the checkpoint) and "
-    "every rank restores it, so rank 1 resumes with rank 0's dropout stream; fix: all_gather_object the ranks' "
-    "states in state_dict, each rank restores its own"
-)
-
-
-def known(name: str, *bugs: str) -> Any:
-    return pytest.param(name, marks=pytest.mark.xfail(raises=AssertionError, strict=True, reason=" | ".join(bugs)))
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        known("ddp_lora", SAMPLER, RNG),
-        known("ddp_full", SAMPLER),
-        known("fsdp_lora", SAMPLER, RNG),
-        known("fsdp_full", SAMPLER),
-        known("fsdp_ewc", SAMPLER),
-    ],
-)
+@pytest.mark.parametrize("name", ["ddp_lora", "ddp_full", "fsdp_lora", "fsdp_full", "fsdp_ewc"])
 def test_a_resumed_run_logs_the_uninterrupted_losses_and_ends_on_its_weights(resumed: Path, name: str) -> None:
     for straight, again in zip(ranks(resumed, f"{name}_straight"), ranks(resumed, f"{name}_resumed"), strict=True):
         assert sorted(map(int, again["losses"])) == list(range(STOP + 1, STEPS + 1))
