@@ -145,12 +145,18 @@ def test_killed_and_resumed_run_logs_the_same_losses(cell: str, tmp_path: Path) 
     ids=["sigusr1", "sigterm"],
 )
 def test_a_signal_saves_a_checkpoint_stops_cleanly_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
-    signal_at = [
-        "--trainer.callbacks+=tests.integration.resume_helpers.SignalAt",
-        "--trainer.callbacks.step=2",
-        f"--trainer.callbacks.signum={int(signum)}",
-        "--trainer.max_steps=6",
+    callbacks = [  # checkpoints at epoch ends only, as the shipped configs: the signal comes mid-epoch
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"save_last": True, "save_top_k": 0},
+        },
+        {
+            "class_path": "tests.integration.resume_helpers.LossTape",
+            "init_args": {"path": str(tmp_path / "tape.jsonl")},
+        },
+        {"class_path": "tests.integration.resume_helpers.SignalAt", "init_args": {"step": 2, "signum": int(signum)}},
     ]
+    signal_at = [f"--trainer.callbacks={json.dumps(callbacks)}", "--trainer.max_steps=6"]
     result = killed_run("sft_lora", tmp_path / "run", tmp_path / "tape.jsonl", signal_at)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -159,6 +165,9 @@ def test_a_signal_saves_a_checkpoint_stops_cleanly_and_the_run_resumes(signum: i
     assert not (root / "DONE").exists() and not (root / "summary.json").exists()
     checkpoint = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2 and checkpoint["state_dict"]
+    # the only checkpoint: no end-of-epoch last-v1.ckpt after it, which `--ckpt_path last` would pick and skip
+    # the rest of the epoch
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt"]
     assert max(tape(tmp_path / "tape.jsonl")) == 2  # stopped at the next step boundary
     os.chdir(REPO)
     FTLabCLI(args=args("sft_lora", root, tmp_path / "resumed.jsonl", "--trainer.max_steps=6", "--ckpt_path=last"))
