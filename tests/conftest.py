@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,21 @@ def sft_rows() -> list[dict]:
 @pytest.fixture
 def sft_file(tmp_path: Path, sft_rows: list[dict]) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", sft_rows)
+
+
+def quiet_trainer(root: Path, steps: int, **overrides: Any) -> Any:
+    """A CPU Trainer for in-process test fits: no logger, progress bar, model summary or checkpoints unless
+    `overrides` turn them on; every step logged."""
+    import lightning.pytorch as pl
+
+    options: dict[str, Any] = {
+        "default_root_dir": root,
+        "max_steps": steps,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "log_every_n_steps": 1,
+    }
+    return pl.Trainer(**(options | overrides))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -16,20 +15,7 @@ from ftlab.methods import LoReFT
 from ftlab.module import FineTuneModule
 from ftlab.objectives import DPO, SFT
 from tests.conftest import REPO, write_jsonl
-
-
-def trainer(root: Path, steps: int, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
-        default_root_dir=root,
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-        **kwargs,
-    )
+from tests.conftest import quiet_trainer as trainer
 
 
 def test_loreft_sft_loss_falls_and_dpo_runs(tiny_llama, sft_file: Path, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from ftlab.objectives.base import Objective
 from ftlab.regularizers import EWC, L2SP
 from ftlab.regularizers.ewc import FISHER_FILE
 from ftlab.rewards import FunctionReward
-from tests.conftest import REPO, TINY_BERT, write_jsonl
+from tests.conftest import REPO, TINY_BERT, quiet_trainer, write_jsonl
 
 PROBE = {"max_length": 64, "max_tokens": 256, "batch_size": 4}
 
@@ -58,15 +58,11 @@ def fit(
     module = FineTuneModule(
         backbone, method, SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), regularizers=regs
     )
-    trainer = pl.Trainer(
-        default_root_dir=root,
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        root,
+        steps,
+        enable_checkpointing=True,
         num_sanity_val_steps=0,
-        log_every_n_steps=1,
         callbacks=[
             ForgettingProbe(**PROBE),
             *probes,
@@ -179,19 +175,7 @@ def test_ewc_regularizes_other_objectives(name: str, tiny_llama, tmp_path: Path)
         backbone, method, objective, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), regularizers=[reg]
     )
     penalties = Penalties()
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=1,
-        callbacks=[penalties],
-    )
+    trainer = quiet_trainer(tmp_path, 4, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[penalties])
     trainer.fit(module, data)
     estimate = fisher_callback(trainer)
     assert estimate.source == "computed" and estimate.loss == OLD_DATA_LOSS[name]
@@ -342,17 +326,7 @@ def test_continued_pretraining_on_raw_text(tiny_llama, tmp_path: Path) -> None:
     pl.seed_everything(0)
     module = FineTuneModule(tiny_llama, Full(), SFT(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     first = FirstBatch()
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=8,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        callbacks=[first],
-    )
+    trainer = quiet_trainer(tmp_path, 8, limit_val_batches=0, callbacks=[first])
     trainer.fit(module, TextDataModule(train=BUNDLED_TEXT, max_length=32, batch_size=4, limit=8))
     assert len(first.losses) == 8
     # the loss is the NLL of every token (nothing masked as a prompt): the hand-computed value at the start
