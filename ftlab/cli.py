@@ -139,7 +139,10 @@ class FTLabCLI(LightningCLI):
             plugins = slurm_plugins(configured)
             if plugins is not configured:
                 kwargs["plugins"] = plugins
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # Trainer options that contradict each other: the user's to fix
+            raise FTLabError(f"trainer: {err}") from err
         runfolder.use_atomic_checkpoints(trainer.strategy)  # checkpoints: temp name beside, fsync, rename
         return trainer
 
@@ -214,8 +217,6 @@ def user_error(err: BaseException) -> FTLabError | None:
         seen.add(id(current))
         if isinstance(current, FTLabError):
             return current
-        if isinstance(current, MisconfigurationException):  # Lightning refusing options that contradict each other
-            return FTLabError(f"trainer: {current}")
         stack += [current.__cause__, current.__context__]
     message = str(err)
     for line in message.splitlines():  # the parser keeps only the text of the errors it collects

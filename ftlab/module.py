@@ -380,8 +380,10 @@ class FineTuneModule(pl.LightningModule):
         checkpoint["ftlab"] = {
             "method": self.method.name,
             "objective": self.objective.name,
-            # whole tensors, like the weights: a resumed run cuts them into its own shards
-            "regularizers": [{k: distributed.full(v) for k, v in r.state_dict().items()} for r in self.regularizers],
+            # whole tensors on the CPU, one at a time, like the weights: a resumed run cuts them into its own shards
+            "regularizers": [
+                {k: distributed.full(v).detach().cpu() for k, v in r.state_dict().items()} for r in self.regularizers
+            ],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

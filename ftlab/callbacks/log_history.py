@@ -5,7 +5,9 @@ The CLI reads each CSV logger's file before the fit starts (`KeepCSVHistory.read
 restored (`on_train_start`, global step G known) the rows logged before step G are written back, and the
 writer goes on appending after them with the same columns. Rows at step G or later were logged after the
 checkpoint by the interrupted run: the resumed run logs those steps again, so they are dropped rather than
-kept twice.
+kept twice. The loggers count batches, G counts optimizer steps: the same with automatic optimization; under
+GRPO/PPO (several updates a batch) a resume from a checkpoint older than the interruption can keep a few
+rows that the resumed run logs again (a preemption's checkpoint is the last step, so it keeps none).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ class Preemption(pl.Callback):
         self.stop_signal = int(signal.SIGUSR1) if usr1 else int(self.received or signal.SIGTERM)
         path = checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)
-        for callback in trainer.checkpoint_callbacks:  # this is the run's last checkpoint: a ModelCheckpoint
+        for callback in trainer.callbacks:  # this is the run's last checkpoint: a ModelCheckpoint
             if isinstance(callback, ModelCheckpoint):  # must not add an end-of-epoch "last-v1.ckpt" that a
                 callback.last_model_path = callback._last_checkpoint_saved = str(path)  # resume would pick
                 callback._last_global_step_saved = trainer.global_step

@@ -29,9 +29,16 @@ def backbone():
 
 def fit(module: FineTuneModule, root: Path, steps: int = 3) -> pl.Trainer:
     dm = PreferenceDataModule(train=str(PAIRS), val_fraction=0.1, batch_size=4, max_length=64)
-    trainer = pl.Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         log_every_n_steps=1)
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
     trainer.fit(module, dm)
     return trainer
 
@@ -40,8 +47,9 @@ def fit(module: FineTuneModule, root: Path, steps: int = 3) -> pl.Trainer:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_with_preference_objectives(method, objective, backbone, tmp_path) -> None:
     pl.seed_everything(0)
-    module = FineTuneModule(backbone, METHODS[method](), OBJECTIVES[objective](),
-                            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module = FineTuneModule(
+        backbone, METHODS[method](), OBJECTIVES[objective](), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)
+    )
     module.configure_model()
     declared = set(module.method.trainable_parameters(module.model))
     before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
@@ -61,8 +69,12 @@ def test_dpo_learns_the_bundled_preferences_and_precomputing_matches(backbone, t
     losses = {}
     for precompute in (False, True):
         pl.seed_everything(0)
-        module = FineTuneModule(backbone, LoRA(r=8), DPO(beta=0.1, precompute_reference=precompute),
-                                optimizer=lambda p: torch.optim.AdamW(p, lr=5e-3))
+        module = FineTuneModule(
+            backbone,
+            LoRA(r=8),
+            DPO(beta=0.1, precompute_reference=precompute),
+            optimizer=lambda p: torch.optim.AdamW(p, lr=5e-3),
+        )
         trainer = fit(module, tmp_path / str(precompute), steps=12)
         losses[precompute] = json.loads((tmp_path / str(precompute) / "summary.json").read_text())["loss_curve"]
         assert trainer.callback_metrics["train/rewards/margin"] > 0
@@ -92,9 +104,16 @@ def test_reference_table_follows_the_data_and_frees_the_copy(backbone, tmp_path)
         pl.seed_everything(0)
         module = FineTuneModule(backbone, Full(), DPO(precompute_reference=True))
         dm = PreferenceDataModule(train=str(PAIRS), val_fraction=0.1, batch_size=4, max_length=max_length)
-        trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False,
-                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                             log_every_n_steps=1)
+        trainer = pl.Trainer(
+            default_root_dir=tmp_path,
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            log_every_n_steps=1,
+        )
         trainer.fit(module, dm)
         losses.append(json.loads((tmp_path / "summary.json").read_text())["loss_curve"][0][1])
         assert module.reference_model is None  # the table replaced the frozen copy

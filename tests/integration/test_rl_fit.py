@@ -38,15 +38,24 @@ def backbone():
 @pytest.mark.parametrize("method", RL_METHODS)
 def test_rl_objectives_with_methods(name, method, backbone, tmp_path: Path) -> None:
     pl.seed_everything(0)
-    module = FineTuneModule(backbone, METHODS[method](), objective(name),
-                            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module = FineTuneModule(
+        backbone, METHODS[method](), objective(name), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)
+    )
     module.configure_model()
     declared = set(module.method.trainable_parameters(module.model))
     before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
     dm = PromptDataModule(train=str(PROMPTS), val_fraction=0.125, batch_size=4, max_length=32)
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=4, accelerator="cpu", logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         log_every_n_steps=1, limit_val_batches=1)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        limit_val_batches=1,
+    )
     trainer.fit(module, dm)
     after = module.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k not in declared), "a frozen weight moved"
