@@ -13,7 +13,7 @@ from ftlab.data import PreferenceDataModule
 from ftlab.module import FineTuneModule
 from ftlab.objectives import DPO, Reward
 from ftlab.objectives.dpo import IPO, Sigmoid
-from tests.conftest import REPO
+from tests.conftest import REPO, quiet_trainer
 from tests.integration.test_method_contract import LLAMA_64, METHODS
 
 PAIRS = REPO / "ftlab" / "assets" / "preference_pairs.jsonl"
@@ -29,16 +29,7 @@ def backbone():
 
 def fit(module: FineTuneModule, root: Path, steps: int = 3) -> pl.Trainer:
     dm = PreferenceDataModule(train=str(PAIRS), val_fraction=0.1, batch_size=4, max_length=64)
-    trainer = pl.Trainer(
-        default_root_dir=root,
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-    )
+    trainer = quiet_trainer(root, steps)
     trainer.fit(module, dm)
     return trainer
 
@@ -104,16 +95,7 @@ def test_reference_table_follows_the_data_and_frees_the_copy(backbone, tmp_path)
         pl.seed_everything(0)
         module = FineTuneModule(backbone, Full(), DPO(precompute_reference=True))
         dm = PreferenceDataModule(train=str(PAIRS), val_fraction=0.1, batch_size=4, max_length=max_length)
-        trainer = pl.Trainer(
-            default_root_dir=tmp_path,
-            max_steps=1,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            log_every_n_steps=1,
-        )
+        trainer = quiet_trainer(tmp_path, 1)
         trainer.fit(module, dm)
         losses.append(json.loads((tmp_path / "summary.json").read_text())["loss_curve"][0][1])
         assert module.reference_model is None  # the table replaced the frozen copy

@@ -13,7 +13,7 @@ from ftlab.data import PromptDataModule
 from ftlab.module import FineTuneModule
 from ftlab.objectives import GRPO, PPO
 from ftlab.rewards import FunctionReward, TokenShare
-from tests.conftest import REPO
+from tests.conftest import REPO, quiet_trainer
 from tests.integration.test_method_contract import LLAMA_64, METHODS
 
 PROMPTS = REPO / "ftlab" / "assets" / "synthetic_prompts.jsonl"
@@ -45,17 +45,7 @@ def test_rl_objectives_with_methods(name, method, backbone, tmp_path: Path) -> N
     declared = set(module.method.trainable_parameters(module.model))
     before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
     dm = PromptDataModule(train=str(PROMPTS), val_fraction=0.125, batch_size=4, max_length=32)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-        limit_val_batches=1,
-    )
+    trainer = quiet_trainer(tmp_path, 4, limit_val_batches=1)
     trainer.fit(module, dm)
     after = module.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k not in declared), "a frozen weight moved"
