@@ -329,9 +329,16 @@ class FineTuneModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        if getattr(scheduler, "total_steps", 0) is None:
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A schedule that takes the run's length from the trainer learns it here, not in `configure_optimizers`:
+        with `max_epochs` set the estimate loads the training loader, and a loader loaded before a checkpoint is
+        restored never receives its saved position (a resumed run would restart the epoch's order). A resumed
+        schedule already holds the length it was saved with."""
+        for config in self.trainer.lr_scheduler_configs:
+            if getattr(config.scheduler, "total_steps", 0) is None:
+                config.scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
 
     def count_parameters(self) -> tuple[int, int]:
         """(trainable over the run, total) parameters of the model and the objective's head."""

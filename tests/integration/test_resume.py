@@ -64,6 +64,8 @@ CELLS = {
         "--model.objective.updates_per_batch=2",
         *PROMPTS,
     ],
+    # max_epochs instead of max_steps (the quickstart's): the schedule's length comes from the epoch count
+    "sft_lora_epochs": [*LORA, "--model.objective=ftlab.objectives.SFT", *SFT, "--trainer.max_steps=-1", "--trainer.max_epochs=2"],
     "sft_gradual": [
         "--model.method=ftlab.methods.GradualUnfreeze",
         "--model.method.every_n_steps=2",
@@ -124,6 +126,7 @@ def run_cell(cell: str, tmp: Path) -> tuple[dict[int, float], dict[int, float], 
     "cell",
     [
         "sft_lora",
+        "sft_lora_epochs",
         pytest.param("dpo_lora", marks=pytest.mark.slow),
         pytest.param("grpo_lora", marks=pytest.mark.slow),
         pytest.param("sft_gradual", marks=pytest.mark.slow),
