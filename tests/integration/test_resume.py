@@ -65,7 +65,13 @@ CELLS = {
         *PROMPTS,
     ],
     # max_epochs instead of max_steps (the quickstart's): the schedule's length comes from the epoch count
-    "sft_lora_epochs": [*LORA, "--model.objective=ftlab.objectives.SFT", *SFT, "--trainer.max_steps=-1", "--trainer.max_epochs=2"],
+    "sft_lora_epochs": [
+        *LORA,
+        "--model.objective=ftlab.objectives.SFT",
+        *SFT,
+        "--trainer.max_steps=-1",
+        "--trainer.max_epochs=2",
+    ],
     "sft_gradual": [
         "--model.method=ftlab.methods.GradualUnfreeze",
         "--model.method.every_n_steps=2",
