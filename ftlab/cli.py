@@ -22,22 +22,28 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
+from jsonargparse.typing import PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-from ftlab import runfolder
+from ftlab import resume, runfolder
 from ftlab.data.base import FineTuneDataModule
 from ftlab.errors import FTLabError
 from ftlab.module import FineTuneModule
+from ftlab.runlock import RunLock, is_launched_rank
 
 _LOGS_IN = {"CSVLogger": "save_dir", "TensorBoardLogger": "save_dir", "WandbLogger": "save_dir"}
 
 
 class SaveRunConfig(SaveConfigCallback):
-    """Writes the resolved config to `<run folder>/config.yaml` at the start of fit (secrets from the
-    environment redacted) and hands the same nested config to every logger (W&B's run config)."""
+    """Writes the resolved config to `<run folder>/config.yaml` (secrets from the environment redacted) and hands
+    the same nested config to every logger (W&B's run config) when training starts: once the model is built and a
+    resumed checkpoint restored and checked, so a fit that fails to start leaves the folder as it was (and is not
+    taken for a started run)."""
+
+    _text: str | None = None
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -45,7 +51,13 @@ class SaveRunConfig(SaveConfigCallback):
         config = self.config.clone()
         config.overwrite = False  # replaying the saved config must never delete a run's outputs
         config.ckpt_path = None  # nor silently resume one
-        text = runfolder.redact(self.parser.dump(config, skip_none=False))
+        config.pop("checkpoint_every_n_steps", None)  # already in the trainer's callbacks
+        self._text = runfolder.redact(self.parser.dump(config, skip_none=False))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._text is None:
+            return
+        text, self._text = self._text, None
         if trainer.is_global_zero:
             runfolder.write_text(Path(trainer.default_root_dir) / runfolder.CONFIG, text)
         hparams = yaml.safe_load(text)
@@ -54,13 +66,24 @@ class SaveRunConfig(SaveConfigCallback):
             logger.log_hyperparams(hparams)
 
 
+_LOCKS: list[RunLock] = []
+
+
 def guard_run_folder(config: Namespace) -> None:
-    """A fit never writes over a finished or started run unless asked: resume it or pass --overwrite."""
+    """A fit holds its run folder (a lock), never writes over a finished or started run unless asked (resume it or
+    pass --overwrite), and checks a checkpoint it resumes from before anything in the folder changes."""
     root = Path(config.trainer.default_root_dir)
+    if not is_launched_rank():  # ranks a launcher started run under rank 0's lock
+        lock = RunLock(root)
+        lock.acquire()
+        _LOCKS.append(lock)
     ckpt = config.get("ckpt_path")
-    if ckpt and ckpt not in ("last", "best", "hpc") and "://" not in str(ckpt) and not Path(ckpt).exists():
-        raise FTLabError(f"checkpoint {ckpt} does not exist (--ckpt_path last resumes the run folder's last one)")
-    if not (root / runfolder.CONFIG).exists() or ckpt:
+    if ckpt:
+        path = resume.resolve(root, str(ckpt))
+        if path is not None:
+            resume.check(path, config.get("model"))
+        return
+    if not (root / runfolder.CONFIG).exists():
         return
     if not config.get("overwrite"):
         state = "a finished run" if (root / runfolder.DONE).exists() else "a started run"
@@ -68,7 +91,7 @@ def guard_run_folder(config: Namespace) -> None:
             f"run folder {root} already holds {state}; resume it with --ckpt_path last, "
             "pass --overwrite true to start over, or choose another --trainer.default_root_dir"
         )
-    if any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+    if is_launched_rank():
         return  # start over once: the first process clears, the ranks it launches find the folder cleared
     for name in (runfolder.DONE, runfolder.SUMMARY, runfolder.WEIGHTS, runfolder.CHECKPOINTS, runfolder.LOGS):
         path = root / name  # start over: what the old run wrote goes, DONE first
@@ -93,6 +116,27 @@ def slurm_plugins(configured: Any) -> Any:
 def _entries(value: Any) -> list[Namespace]:
     items = value if isinstance(value, list) else [value]
     return [item for item in items if isinstance(item, Namespace) and "class_path" in item]
+
+
+def checkpoint_every(trainer_cfg: Namespace, steps: int) -> None:
+    """Every ModelCheckpoint of the run saves every `steps` optimizer steps (with `save_last`, that is last.ckpt);
+    a run with none gets one that keeps only last.ckpt."""
+    found = [c for c in _entries(trainer_cfg.get("callbacks")) if c.class_path.endswith("ModelCheckpoint")]
+    for callback in found:
+        callback.init_args["every_n_train_steps"] = steps
+        if callback.init_args.get("save_last") is None:
+            callback.init_args["save_last"] = True
+    if found:
+        return
+    if trainer_cfg.get("enable_checkpointing") is False:
+        raise FTLabError("--checkpoint_every_n_steps needs checkpointing, but trainer.enable_checkpointing is false")
+    added = Namespace(
+        class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+        init_args=Namespace(every_n_train_steps=steps, save_last=True, save_top_k=0),
+    )
+    callbacks = trainer_cfg.get("callbacks")
+    callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
+    trainer_cfg.callbacks = [*callbacks, added]
 
 
 def place_outputs(trainer_cfg: Namespace) -> None:
@@ -132,6 +176,12 @@ class FTLabCLI(LightningCLI):
         parser.add_argument(
             "--overwrite", type=bool, default=False, help="Start over in a run folder that already holds a run."
         )
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=PositiveInt | None,
+            default=None,
+            help="Save checkpoints/last.ckpt every N optimizer steps (the run's ModelCheckpoint, or one added).",
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if "plugins" not in kwargs:
@@ -157,6 +207,8 @@ class FTLabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("checkpoint_every_n_steps"):
+            checkpoint_every(config.trainer, config.checkpoint_every_n_steps)
         place_outputs(config.trainer)
         if self.subcommand == "fit":
             guard_run_folder(config)
@@ -204,6 +256,9 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"ftlab: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().release()
 
 
 def user_error(err: BaseException) -> FTLabError | None:

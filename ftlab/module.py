@@ -374,13 +374,20 @@ class FineTuneModule(pl.LightningModule):
             self.objective.load_state_dict(own, strict=False)
 
     def _check_keys(self, state: dict[str, Any], source: str) -> None:
-        expected = set(self.trainable_state_dict())
-        if set(state) != expected:
-            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+        own = self.trainable_state_dict()
+        if set(state) != set(own):
+            extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
             raise FTLabError(
                 f"{source} does not hold this run's trainable weights: "
                 f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(missing)} missing (e.g. {missing[:2]})"
             )
+        for name, value in state.items():
+            shape = tuple(own[name].shape)  # a DTensor reports its whole shape
+            if tuple(value.shape) != shape:
+                raise FTLabError(
+                    f"{source} holds {name} of shape {tuple(value.shape)} where this run has {shape}: it was saved "
+                    "with other method settings (the run folder's config.yaml records them)"
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict(gather=True)  # dump_checkpoint runs on every rank

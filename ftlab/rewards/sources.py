@@ -48,20 +48,55 @@ class FunctionReward(RewardSource):
         self.function = function
 
     def score(self, rollout: Any, device: torch.device) -> torch.Tensor:
-        values = self.function(
-            prompts=rollout.prompts,
-            completions=rollout.completions,
-            completion_ids=rollout.completion_ids,
-            **rollout.columns,
-        )
-        if len(values) != len(rollout.completions):
-            raise FTLabError(
-                f"reward {self.name} returned {len(values)} values for {len(rollout.completions)} completions"
+        try:
+            values = self.function(
+                prompts=rollout.prompts,
+                completions=rollout.completions,
+                completion_ids=rollout.completion_ids,
+                **rollout.columns,
             )
-        bad = next((v for v in values if not math.isfinite(float(v))), None)
-        if bad is not None:
-            raise FTLabError(f"reward {self.name} returned a non-finite value ({bad})")
-        return torch.tensor([float(v) for v in values], device=device)
+        except Exception as err:  # the user's code: name it, and where it failed
+            raise FTLabError(f"reward function {self.name} raised {type(err).__name__}{_where(err)}: {err}") from err
+        return torch.tensor(checked_values(self.name, values, len(rollout.completions)), device=device)
+
+
+def _where(err: BaseException) -> str:
+    """' at FILE:LINE' of the innermost frame of the exception's traceback."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+
+
+def checked_values(name: str, values: Any, expected: int) -> list[float]:
+    """`values` as floats, or one sentence naming the reward function and what is wrong with its output: one
+    finite number per completion (a list, tuple, array or 1-D tensor; bools count as 0/1)."""
+    if isinstance(values, torch.Tensor) or hasattr(values, "ndim"):  # a tensor or an array
+        if values.ndim != 1:
+            raise FTLabError(
+                f"reward function {name} returned an array of shape {tuple(values.shape)}, not {expected} numbers "
+                "(one per completion)"
+            )
+        values = values.tolist()
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__") or not hasattr(values, "__iter__"):
+        raise FTLabError(
+            f"reward function {name} returned {type(values).__name__}, not a list of {expected} numbers "
+            "(one per completion)"
+        )
+    if len(values) != expected:
+        raise FTLabError(f"reward function {name} returned {len(values)} values for {expected} completions")
+    out: list[float] = []
+    for i, value in enumerate(values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FTLabError(
+                f"reward function {name} returned {value!r} ({type(value).__name__}) for completion {i}, not a number"
+            ) from None
+        if not math.isfinite(number):
+            raise FTLabError(f"reward function {name} returned a non-finite value ({value}) for completion {i}")
+        out.append(number)
+    return out
 
 
 class ModelReward(RewardSource):

@@ -99,7 +99,7 @@ def test_reward_sources_weigh_and_check(tokenizer) -> None:
         [FunctionReward(exact, weight=2.0), FunctionReward(length, weight=0.5)], rollout, torch.device("cpu")
     )
     assert total.tolist() == [2.0 + 1.5, 0.0 + 1.0] and parts["reward/exact"].item() == 0.5
-    with pytest.raises(FTLabError, match="reward broken returned 1 values for 2 completions"):
+    with pytest.raises(FTLabError, match="reward function broken returned 1 values for 2 completions"):
         FunctionReward(lambda **_: [1.0], name="broken").score(rollout, torch.device("cpu"))
     with pytest.raises(FTLabError, match=r"returned a non-finite value \(nan\)"):
         FunctionReward(lambda **_: [1.0, float("nan")]).score(rollout, torch.device("cpu"))
