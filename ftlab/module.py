@@ -52,6 +52,16 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
     distributed.check_strategy(method, strategy)
 
 
+def _built(part: str, factory: Any, argument: Any) -> Any:
+    """`factory(argument)`; the optimizer's or scheduler's refusal of its arguments as one sentence naming it."""
+    try:
+        return factory(argument)
+    except (ValueError, TypeError, KeyError) as err:
+        classes = [a for a in (*getattr(factory, "args", ()), factory) if isinstance(a, type)]  # a jsonargparse partial
+        name = classes[0].__name__ if classes else getattr(factory, "__qualname__", type(factory).__name__)
+        raise FTLabError(f"model.{part} {name}: {err} (check model.{part}.init_args)") from None
+
+
 class FineTuneModule(pl.LightningModule):
     """A fine-tuning run: backbone + method + objective, optimised by Lightning.
 
@@ -323,12 +333,12 @@ class FineTuneModule(pl.LightningModule):
                 groups.append({"params": vectors, **extra, **name, "weight_decay": 0.0})
         if not groups:
             raise FTLabError(f"method {self.method.name} leaves no parameter to train")
-        optimizer = self.optimizer_factory(groups)
+        optimizer = _built("optimizer", self.optimizer_factory, groups)
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = _built("scheduler", self.scheduler_factory, optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:

@@ -18,6 +18,7 @@ tokens, passwords) is replaced by its name, so a key that found its way into a c
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -30,6 +31,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.strategies import Strategy
 from safetensors.torch import load_file, save_file
+
+from ftlab.errors import FTLabError
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
@@ -77,6 +80,13 @@ def atomic_write(path: Path, write: Any) -> None:
         _fsync(tmp)  # the bytes are on disk before the name points at them
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise FTLabError(
+            f"no space left on the device writing {path} ({err.strerror}); its previous version is kept: free "
+            "space, then resume with --ckpt_path last"
+        ) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from ftlab.data.fields import text_value
 from ftlab.errors import FTLabError
 
 IGNORE = -100
@@ -22,22 +23,24 @@ Messages = list[dict[str, str]]
 def instruction_messages(
     row: dict[str, Any], where: str, instruction: str, input: str | None, output: str, system: str | None
 ) -> Messages | None:
-    """Messages of an instruction row; None when its answer is empty (dropped and counted)."""
+    """Messages of an instruction row; None when its answer is empty (dropped and counted). Each field must be
+    text; a number is written as text (a bare numeric answer), a list, dict or bool is refused."""
     for key in (instruction, output):
         if row.get(key) is None:
             present = ", ".join(k for k, v in row.items() if v is not None)
             raise FTLabError(f"{where} has no '{key}' field (it has: {present})")
-    prompt = str(row[instruction])
-    extra = row.get(input) if input else None
+    prompt = text_value(row[instruction], where, instruction, numbers=True)
+    extra = text_value(row[input], where, input, numbers=True) if input and row.get(input) is not None else None
     if extra:
         prompt = f"{prompt}\n\n{extra}"
-    if not str(row[output]).strip():
+    answer = text_value(row[output], where, output, numbers=True)
+    if not answer.strip():
         return None
     messages = [{"role": "system", "content": system}] if system else []
     return [
         *messages,
         {"role": "user", "content": prompt},
-        {"role": "assistant", "content": str(row[output])},
+        {"role": "assistant", "content": answer},
     ]
 
 
@@ -53,10 +56,16 @@ def chat_messages(row: dict[str, Any], where: str, field: str) -> Messages:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _render(tok: PreTrainedTokenizerBase, messages: Messages, generation_prompt: bool) -> str:
+def render(tok: PreTrainedTokenizerBase, messages: Messages, generation_prompt: bool, where: str = "") -> str:
     if not messages:
         return ""
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as err:  # jinja2's TemplateError, or a template's raise_exception(): the template's fault
+        name = getattr(tok, "name_or_path", "") or type(tok).__name__
+        raise FTLabError(
+            f"{where}: the chat template of tokenizer {name} fails: {type(err).__name__}: {err}".lstrip(": ")
+        ) from None
 
 
 def render_segments(tok: PreTrainedTokenizerBase, messages: Messages, where: str) -> list[tuple[str, bool]]:
@@ -66,8 +75,8 @@ def render_segments(tok: PreTrainedTokenizerBase, messages: Messages, where: str
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tok, messages[:i], generation_prompt=True)
-        full = _render(tok, messages[: i + 1], generation_prompt=False)
+        prompt = render(tok, messages[:i], generation_prompt=True, where=where)
+        full = render(tok, messages[: i + 1], generation_prompt=False, where=where)
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise FTLabError(
                 f"{where}: the chat template does not render turn by turn as a prefix "
@@ -75,7 +84,7 @@ def render_segments(tok: PreTrainedTokenizerBase, messages: Messages, where: str
             )
         segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
-    rest = _render(tok, messages, generation_prompt=False)
+    rest = render(tok, messages, generation_prompt=False, where=where)
     if rest.startswith(done) and len(rest) > len(done):
         segments.append((rest[len(done) :], False))
     return [(text, loss) for text, loss in segments if text]

@@ -26,6 +26,7 @@ from datasets import Dataset
 
 from ftlab.batches import ClassificationBatch
 from ftlab.data.base import FineTuneDataModule
+from ftlab.data.fields import text_value
 from ftlab.data.files import load_rows
 from ftlab.errors import FTLabError
 
@@ -189,8 +190,13 @@ class ClassificationDataModule(FineTuneDataModule):
                 raise FTLabError(f"data file {source} row {numbers[missing]} has no value for '{key}'")
         values = zip(columns[self.label_field], numbers, strict=True)
         labels = [self.label_id(v, f"data file {source} row {n}") for v, n in values]
-        texts = [str(t) for t in columns[self.text_field]]
-        pairs = [str(t) for t in columns[self.text_pair_field]] if self.text_pair_field else None
+
+        def texts_of(key: str) -> list[str]:  # numbers read as text (a CSV cell "1984"); lists and dicts refused
+            cells = zip(columns[key], numbers, strict=True)
+            return [text_value(t, f"data file {source} row {n}", key, numbers=True) for t, n in cells]
+
+        texts = texts_of(self.text_field)
+        pairs = texts_of(self.text_pair_field) if self.text_pair_field else None
         before = self.stats.get("truncated", 0)
         encoded = self.encode(texts, pairs)
         self.count("rows", len(labels))

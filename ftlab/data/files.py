@@ -3,6 +3,8 @@ through `datasets`, with one-sentence errors that name the file."""
 
 from __future__ import annotations
 
+import codecs
+import gzip
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
@@ -20,6 +22,31 @@ def _builder(path: Path) -> tuple[str, dict[str, str]]:
     return _BUILDERS[kind], ({"delimiter": "\t", "quoting": 3} if kind == ".tsv" else {})
 
 
+def check_utf8(path: Path) -> None:
+    """Text files must be UTF-8 (a byte-order mark is fine): name the line and the bytes where one is not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                at = err.start
+                bad = chunk[at : at + 4]
+                line += chunk.count(b"\n", 0, at)
+                raise FTLabError(
+                    f"data file {path} is not UTF-8 text: line {line} (byte {offset + at}) holds {bad!r}; "
+                    "convert it, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise FTLabError(f"data file {path} is not UTF-8 text: it ends inside a multi-byte character") from None
+
+
 def load_rows(spec: str) -> Dataset:
     """Rows from a local file, or from a hub dataset written `name` or `name:split` (default split train)."""
     path = Path(spec).expanduser()
@@ -27,6 +54,8 @@ def load_rows(spec: str) -> Dataset:
         builder, options = _builder(path)
         if path.stat().st_size == 0:
             raise FTLabError(f"data file {spec} has no rows")
+        if builder != "parquet":
+            check_utf8(path)
         try:
             rows = load_dataset(builder, data_files=str(path), split="train", **options)
         except Exception as err:  # datasets raises many types for unreadable files

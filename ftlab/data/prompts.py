@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ftlab.batches import PromptBatch
 from ftlab.data.base import FineTuneDataModule
-from ftlab.data.chat import Messages, render_segments, tokenize_segments
+from ftlab.data.chat import Messages, render, render_segments, tokenize_segments
 from ftlab.data.preference import message_list
 from ftlab.errors import FTLabError
 
@@ -64,7 +64,7 @@ def prompt_segments(tok: PreTrainedTokenizerBase, messages: Messages, where: str
     last = max((i for i, (_, turn) in enumerate(segments) if turn), default=-1)
     segments = segments[: last + 1]
     done = "".join(text for text, _ in segments)
-    full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = render(tok, messages, generation_prompt=True, where=where)
     if not full.startswith(done):
         raise FTLabError(
             f"{where}: the chat template does not render the prompt as an extension of its earlier turns "

@@ -79,6 +79,7 @@ class SFTDataModule(FineTuneDataModule):
                     )
         examples: list[Example] = []
         first_dropped: int | None = None
+        no_answer: int | None = None
         for i, row in enumerate(rows):
             where = f"data file {source} row {i}"
             if chat:
@@ -101,6 +102,10 @@ class SFTDataModule(FineTuneDataModule):
                 loss_on_prompt=self.loss_on_prompt,
             )
             self.count("rows")
+            if all(label == IGNORE for label in labels[1:]):  # the template rendered no answer token to learn
+                self.count("dropped_no_answer_tokens")
+                no_answer = i if no_answer is None else no_answer
+                continue
             if len(ids) > self.max_length:
                 ids, labels = ids[: self.max_length], labels[: self.max_length]
                 if all(label == IGNORE for label in labels[1:]):
@@ -117,6 +122,15 @@ class SFTDataModule(FineTuneDataModule):
                 self.max_length,
                 first_dropped,
             )
+        if no_answer is not None:
+            reason = (
+                f"{source}: the chat template of tokenizer {getattr(self.tokenizer, 'name_or_path', '')} rendered no "
+                f"answer token to train on in {self.stats['dropped_no_answer_tokens']} rows (first: row {no_answer}); "
+                "check that it renders assistant turns (a template for generation alone drops them)"
+            )
+            if not examples:
+                raise FTLabError(reason)
+            log.warning("%s; those rows are dropped", reason)
         if self.stats.get("truncated"):
             log.warning("%s: truncated %d rows to max_length=%d", source, self.stats["truncated"], self.max_length)
         return examples

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -45,3 +46,43 @@ class SignalAt(pl.Callback):
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
+
+
+class DiskFullAt(pl.Callback):
+    """From the given optimizer step on, every file save fails as on a full disk (ENOSPC), as `torch.save` would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._save: Any = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        if trainer.global_step >= self.step and self._save is None:
+            import torch
+
+            self._save = torch.save
+
+            def full(*args: Any, **kwargs: Any) -> None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            torch.save = full
+
+    def teardown(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        if self._save is not None:
+            import torch
+
+            torch.save, self._save = self._save, None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")
+
+
+class RaiseAtFitStart(pl.Callback):
+    """Fails a fit after its checkpoint was read, before training starts (as a fault in a later setup step)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        raise RuntimeError("setup failed on purpose")
+
+
+def no_reward(prompts: list[str], completions: list[str], **_: Any) -> None:
+    """A reward function with a common bug: it forgets to return its scores."""
+    [len(c) for c in completions]

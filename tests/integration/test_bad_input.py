@@ -8,7 +8,9 @@ A case is the arguments after `fit --config resume_base.yaml`, or a whole `sweep
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,13 @@ ROWS = [{"instruction": f"Say {i}.", "output": f"number {i}"} for i in range(12)
 
 def sft(path: str, *extra: str) -> list[str]:
     return ["--data=ftlab.data.SFTDataModule", f"--data.train={path}", "--data.batch_size=4", *extra]
+
+
+def _latin1(tmp: Path) -> str:
+    (tmp / "latin1.jsonl").write_bytes(
+        '{"instruction": "a", "output": "b"}\n{"instruction": "café", "output": "c"}\n'.encode("latin-1")
+    )
+    return str(tmp / "latin1.jsonl")
 
 
 def good_data(tmp: Path) -> str:
@@ -75,6 +84,67 @@ def bigger_tokenizer(tmp: Path) -> list[str]:
         f"--model.backbone.tokenizer={big}",
         *sft(good_data(tmp)),
     ]
+
+
+LORA = ["--model.method=ftlab.methods.LoRA", "--model.method.r=4"]
+CSV = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs"]
+
+
+def started_run(tmp: Path, *extra: str) -> list[str]:
+    """A LoRA run stopped after 2 of its steps (config, checkpoints, metrics; no summary, no DONE), and the
+    arguments that resume it; `extra` (changed) arguments of the resume come last."""
+    args = [*LORA, *sft(good_data(tmp)), *CSV]
+    main(
+        [
+            "fit",
+            "--config",
+            str(BASE),
+            *DEFAULTS,
+            *args,
+            "--trainer.max_steps=2",
+            f"--trainer.default_root_dir={tmp / 'run'}",
+        ]
+    )
+    for name in ("DONE", "summary.json", "trainable.safetensors"):
+        (tmp / "run" / name).unlink()
+    return [*args, "--ckpt_path=last", *extra]
+
+
+def damaged_checkpoint(tmp: Path, keep: float) -> list[str]:
+    resume = started_run(tmp)
+    last = tmp / "run" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: int(last.stat().st_size * keep)])
+    return resume
+
+
+def no_checkpoint_left(tmp: Path) -> list[str]:
+    resume = started_run(tmp)
+    for path in (tmp / "run" / "checkpoints").iterdir():
+        path.unlink()
+    return resume
+
+
+def held_by_a_live_fit(tmp: Path) -> list[str]:
+    """The run folder's lock names a live process on this host (this test's parent), as a running fit's would."""
+    from ftlab.runlock import LOCK, RunLock
+
+    holder = RunLock(tmp / "run").me() | {"pid": os.getppid(), "start": None}
+    (tmp / "run" / LOCK).write_text(json.dumps(holder))
+    return sft(good_data(tmp))
+
+
+def tokenizer_with_template(tmp: Path, template: str) -> str:
+    """The base's tokenizer with another chat template (data.tokenizer)."""
+    from ftlab.models import TinyBackbone
+
+    base = yaml.safe_load(BASE.read_text())["model"]["backbone"]["init_args"]
+    folder = tmp / "tokenizer"
+    shutil.copytree(TinyBackbone(**base).tokenizer_dir(), folder)
+    (folder / "chat_template.jinja").write_text(template)
+    return str(folder)
+
+
+GENERATION_ONLY = "{% for m in messages %}{% if m.role == 'user' %}<user>{{ m.content }}\n{% endif %}{% endfor %}"
 
 
 def study(tmp: Path, axes: dict) -> list[str]:
@@ -152,6 +222,70 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
         lambda t: [*sft(good_data(t)), "--trainer.enable_progress_bar=false", "--trainer.callbacks+=RichProgressBar"],
         ("trainer: ", "enable_progress_bar=False"),
     ),
+    "resume from a truncated checkpoint": (
+        lambda t: damaged_checkpoint(t, 0.5),
+        ("last.ckpt cannot be read", "truncated"),
+    ),
+    "resume from an empty checkpoint": (lambda t: damaged_checkpoint(t, 0.0), "last.ckpt is empty"),
+    "resume with another method": (
+        lambda t: started_run(t, "--model.method=ftlab.methods.Full"),
+        "was saved by a run with method LoRA, but this run's method is Full",
+    ),
+    "resume with another shape": (
+        lambda t: started_run(t, "--model.method.r=8"),
+        ("holds model.", "of shape (4, ", "where this run has (8, "),
+    ),
+    "resume with nothing to resume": (no_checkpoint_left, "holds no checkpoint to resume"),
+    "a second fit into a held run folder": (held_by_a_live_fit, ("is in use by another fit", f"pid {os.getppid()}")),
+    "answer that is a JSON object": (
+        lambda t: sft(str(write_jsonl(t / "obj.jsonl", [*ROWS[:3], {"instruction": "a", "output": {"x": 1}}]))),
+        ("obj.jsonl row 3 field 'output' holds a dict", "not text or a number"),
+    ),
+    "chat template that renders no answer": (
+        lambda t: sft(good_data(t), f"--data.tokenizer={tokenizer_with_template(t, GENERATION_ONLY)}"),
+        ("good.jsonl", "rendered no answer token to train on in 12 rows"),
+    ),
+    "chat template that fails": (
+        lambda t: sft(good_data(t), f"--data.tokenizer={tokenizer_with_template(t, '{% for m in messages %}')}"),
+        ("good.jsonl row 0: the chat template of tokenizer", "fails: TemplateSyntaxError"),
+    ),
+    "data file not UTF-8": (
+        lambda t: sft(_latin1(t)),
+        ("latin1.jsonl is not UTF-8 text: line 2", "iconv"),
+    ),
+    "optimizer argument": (
+        lambda t: [*sft(good_data(t)), "--model.optimizer.init_args.lr=-1"],
+        "model.optimizer AdamW: Invalid learning rate: -1.0",
+    ),
+    "scheduler argument": (
+        lambda t: [
+            *sft(good_data(t)),
+            "--model.scheduler=torch.optim.lr_scheduler.OneCycleLR",
+            "--model.scheduler.init_args.max_lr=0.1",
+        ],
+        "model.scheduler OneCycleLR: You must define either total_steps",
+    ),
+    "disk full": (
+        lambda t: [
+            *sft(good_data(t)),
+            "--trainer.callbacks+=tests.integration.resume_helpers.DiskFullAt",
+            "--trainer.callbacks.step=1",
+        ],
+        ("no space left on the device writing", "last.ckpt", "resume with --ckpt_path last"),
+    ),
+    "reward function without a return": (
+        lambda t: [
+            "--config=experiments/objectives/grpo.yaml",
+            "--model.objective.rewards=[{class_path: ftlab.rewards.FunctionReward, "
+            "init_args: {function: tests.integration.resume_helpers.no_reward}}]",
+            "--model.objective.num_generations=2",
+            "--model.objective.max_new_tokens=4",
+            "--data=ftlab.data.PromptDataModule",
+            "--data.train=ftlab/assets/synthetic_prompts.jsonl",
+            "--data.batch_size=2",
+        ],
+        "reward function no_reward returned NoneType, not a list of 4 numbers",
+    ),
     "study with an empty axis": (lambda t: study(t, {"method": []}), "axes.method: the axis is empty"),
     "study with duplicate cells": (
         lambda t: study(
@@ -161,6 +295,9 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
         "have the same arguments",
     ),
 }
+
+
+FAIL_WHILE_TRAINING = {"nan loss", "disk full", "reward function without a return"}  # found once training ran: the folder holds a started run
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -173,7 +310,7 @@ def test_bad_input_is_one_clear_sentence(
     (run / "keep.txt").write_text("earlier work")
     build, expected = CASES[case]
     extra = build(tmp_path)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     is_study = extra[:1] == ["sweep"]
     argv = extra if is_study else ["fit", "--config", str(BASE), *DEFAULTS, *extra, f"--trainer.default_root_dir={run}"]
     capsys.readouterr()
@@ -192,8 +329,10 @@ def test_bad_input_is_one_clear_sentence(
     for part in (expected,) if isinstance(expected, str) else expected:
         assert part in err, err[-1500:]
     assert "Traceback" not in err
-    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert all(after.get(name) == data for name, data in before.items()), "an existing file was written over"
+    if case not in FAIL_WHILE_TRAINING:  # refused before training: nothing new either (a corrected rerun may start)
+        assert sorted(after) == sorted(before), sorted(set(after) - set(before))
     assert (run / "DONE").exists() == ("DONE" in before)
     assert before["keep.txt"] == after["keep.txt"] == b"earlier work"  # the check above saw the file
     if is_study:  # refused before anything is written: no manifest, no logs, no run folders
