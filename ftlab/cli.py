@@ -208,7 +208,7 @@ class FTLabCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("checkpoint_every_n_steps"):
-            checkpoint_every(config.trainer, config.checkpoint_every_n_steps)
+            checkpoint_every(config.trainer, int(config.checkpoint_every_n_steps))  # a plain int: the config is dumped
         place_outputs(config.trainer)
         if self.subcommand == "fit":
             guard_run_folder(config)

@@ -138,7 +138,12 @@ class RunLock:
         self._remove_created_root()
 
     def _remove_created_root(self) -> None:
-        """A folder this fit created and left empty (a start that failed) goes again: the disk is as it was."""
-        if self._created_root:
+        """A folder this fit created and left without a file (a start that failed; loggers make their folders
+        early) goes again: the disk is as it was."""
+        if not self._created_root:
+            return
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             with contextlib.suppress(OSError):
-                self.root.rmdir()  # only when empty
+                folder.rmdir()  # only when empty
+        with contextlib.suppress(OSError):
+            self.root.rmdir()

@@ -297,7 +297,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
 }
 
 
-FAIL_WHILE_TRAINING = {"nan loss", "disk full", "reward function without a return"}  # found once training ran: the folder holds a started run
+# found once training ran: the folder holds a started run
+FAIL_WHILE_TRAINING = {"nan loss", "disk full", "reward function without a return"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
