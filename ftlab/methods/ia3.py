@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from peft import IA3Config
 from torch import nn
 
-from ftlab.methods.peft_method import PeftMethod, check_targets, task_type
+from ftlab.methods.peft_method import PeftMethod, task_type
 
 
 class IA3(PeftMethod):
@@ -41,10 +41,6 @@ class IA3(PeftMethod):
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         # the vectors scale (they start at one): weight decay would pull them towards zero, not towards the backbone
         return [{**group, "weight_decay": 0.0} for group in super().param_groups(model)]
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        check_targets(self.name, self.target_modules, model)
-        return model
 
     def config(self, model: nn.Module) -> IA3Config:
         return IA3Config(

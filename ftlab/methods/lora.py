@@ -13,7 +13,7 @@ from peft import LoraConfig
 from torch import nn
 
 from ftlab.errors import FTLabError
-from ftlab.methods.peft_method import PeftMethod, check_targets, task_type
+from ftlab.methods.peft_method import PeftMethod, task_type
 
 
 class LoRA(PeftMethod):
@@ -51,10 +51,6 @@ class LoRA(PeftMethod):
         self.rslora = rslora
         self.dora = dora
         self.modules_to_save = modules_to_save
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        check_targets(self.name, self.target_modules, model)
-        return model
 
     def config(self, model: nn.Module) -> LoraConfig:
         return LoraConfig(

@@ -65,7 +65,9 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Check (and ready) the backbone before peft injects the method; the model to inject into."""
+        """Check (and ready) the backbone before peft injects the method; the model to inject into. By
+        default: target module names (a `target_modules` attribute) that match nothing are refused."""
+        check_targets(self.name, getattr(self, "target_modules", None), model)
         return model
 
     def apply(self, model: nn.Module) -> nn.Module:

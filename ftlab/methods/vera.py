@@ -15,7 +15,7 @@ from peft import VeraConfig
 from torch import nn
 
 from ftlab.errors import FTLabError
-from ftlab.methods.peft_method import PeftMethod, check_targets, task_type
+from ftlab.methods.peft_method import PeftMethod, task_type
 
 
 class VeRA(PeftMethod):
@@ -51,10 +51,6 @@ class VeRA(PeftMethod):
         self.d_initial = d_initial
         self.projection_seed = projection_seed
         self.modules_to_save = modules_to_save
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        check_targets(self.name, self.target_modules, model)
-        return model
 
     def config(self, model: nn.Module) -> VeraConfig:
         return VeraConfig(
