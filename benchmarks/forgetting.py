@@ -164,13 +164,13 @@ def ewc(strength: float) -> dict:
 
 def drift(base: Path, plain: Path) -> tuple[float, float]:
     """(Σ F (θ_plain − θ*)², Σ (θ_plain − θ*)²) with F the EWC Fisher the EWC runs use (estimated here, cached)."""
-    from ftlab.callbacks.fisher import FisherEstimate
     from ftlab.chain import FromRun
     from ftlab.data.text import TextDataModule
     from ftlab.methods import Full
     from ftlab.module import FineTuneModule
     from ftlab.objectives import SFT
     from ftlab.regularizers import EWC
+    from ftlab.regularizers.fisher_estimate import FisherEstimate
     from ftlab.runfolder import load_weights
 
     reg = EWC(data=TextDataModule(**WIKI_DATA["init_args"]), samples=64)

@@ -2,7 +2,7 @@
 
 `FromRun` lives here, not in `ftlab.models`, because rebuilding a run needs its method and module,
 and model loading must not depend on a method. The run folder's `config.yaml` and
-`trainable.safetensors` rebuild its module (`ftlab.export.load_run`); the method is merged into plain
+`trainable.safetensors` rebuild its module (`ftlab.saved_run.load_run`); the method is merged into plain
 weights (Full, Freeze and GradualUnfreeze are plain already; LoRA is folded in) and saved with the
 tokenizer into the ftlab cache, keyed by the folder and a hash of its weights. The new run then loads
 that folder through `Pretrained`, like any Hugging Face model, with the model class its own objective
@@ -20,10 +20,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftlab import runfolder
 from ftlab.errors import FTLabError
-from ftlab.export import load_run
 from ftlab.models.backbone import Backbone, Pretrained
 from ftlab.models.cache import cached_dir
 from ftlab.models.tokenizers import load_tokenizer
+from ftlab.saved_run import load_run
 
 
 def file_hash(path: Path) -> str:

@@ -22,16 +22,14 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
-from jsonargparse.typing import PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from ftlab import resume, runfolder
-from ftlab.data.base import FineTuneDataModule
 from ftlab.errors import FTLabError
-from ftlab.module import FineTuneModule
+from ftlab.run_parser import COMPOSITION, add_run_options
 from ftlab.runlock import RunLock, is_launched_rank
 
 _LOGS_IN = {"CSVLogger": "save_dir", "TensorBoardLogger": "save_dir", "WandbLogger": "save_dir"}
@@ -161,27 +159,15 @@ class FTLabCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            FineTuneModule,
-            FineTuneDataModule,
-            subclass_mode_data=True,
+            **COMPOSITION,
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"save_to_log_dir": False, "overwrite": True},
-            auto_configure_optimizers=False,
-            parser_kwargs={"allow_abbrev": False},  # a mistyped key is an error, not a prefix match
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_argument(
-            "--overwrite", type=bool, default=False, help="Start over in a run folder that already holds a run."
-        )
-        parser.add_argument(
-            "--checkpoint_every_n_steps",
-            type=PositiveInt | None,
-            default=None,
-            help="Save checkpoints/last.ckpt every N optimizer steps (the run's ModelCheckpoint, or one added).",
-        )
+        add_run_options(parser)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if "plugins" not in kwargs:

@@ -14,30 +14,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonargparse import ArgumentParser
 from peft import PeftModel
 
-from ftlab import runfolder
 from ftlab.errors import FTLabError
-from ftlab.module import FineTuneModule
-
-
-def load_run(run_dir: Path) -> FineTuneModule:
-    """The run's module with its trained weights, built from the run folder alone."""
-    config_path, weights = run_dir / runfolder.CONFIG, run_dir / runfolder.WEIGHTS
-    for path in (config_path, weights):
-        if not path.is_file():
-            raise FTLabError(f"{path} not found: export needs a finished run folder")
-    config = yaml.safe_load(config_path.read_text())
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(FineTuneModule, "model", fail_untyped=False)
-    parsed = parser.parse_object({"model": config["model"]})
-    module: FineTuneModule = parser.instantiate_classes(parsed).model
-    module.configure_model()
-    module.load_trainable(weights)
-    module.eval()
-    return module
+from ftlab.saved_run import load_run
 
 
 def export(run_dir: Path, out: Path) -> dict[str, Path]:

@@ -1,17 +1,18 @@
 """FineTuneModule: the one LightningModule. It composes a backbone, a method and an objective.
 
-The module is the only place that wires parts together: it loads the backbone (in
-`configure_model`, so strategies can shard it), lets the method change it, hands the objective a
-`StepContext` (policy and reference), logs `train/<name>` and `val/<name>`, builds the optimizer
-from the method's parameter groups, and saves trainable weights only.
+The module is the only place that wires parts together: it builds the models in `configure_model` (so
+strategies can shard them; `ftlab.model_build`), hands the objective a `StepContext` (policy, reference and
+what the method tells objectives), adds the regularizers' penalties (`ftlab.penalties`), logs
+`train/<name>` and `val/<name>`, builds the optimizer from the method's parameter groups
+(`ftlab.optimization`), and saves trainable weights only (`ftlab.trainable_weights`).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +22,19 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ftlab import distributed
-from ftlab.errors import FTLabError
+from ftlab import distributed, optimization
+from ftlab import trainable_weights as weights
+from ftlab.composition import check_composition
+from ftlab.loss_check import check_finite
 from ftlab.methods.base import Method
+from ftlab.model_build import build_models
 from ftlab.models.backbone import Backbone
 from ftlab.objectives.base import Objective, StepContext
+from ftlab.penalties import Penalties, penalties
 from ftlab.regularizers.base import Regularizer
-from ftlab.runfolder import load_weights
 from ftlab.task_metrics import TaskMetrics
 
-PREFIX = "model."
-
-
-def check_composition(method: Method, objective: Objective, datamodule: Any, strategy: Any) -> None:
-    """Refuse, in one sentence, a run whose parts cannot work together (before the model loads)."""
-    produced = getattr(datamodule, "batch_type", None)
-    if datamodule is not None and produced is not objective.batch_type:
-        raise FTLabError(
-            f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
-            f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
-        )
-    if datamodule is not None:
-        objective.check_data(datamodule)
-    if not method.trains_backbone and not objective.has_head:
-        raise FTLabError(
-            f"method {method.name} trains only an objective's head, and objective {objective.name} has none"
-        )
-    if getattr(datamodule, "packing", False) and not method.supports_packing:
-        raise FTLabError(f"method {method.name} cannot train on packed rows; set data packing: false")
-    distributed.check_strategy(method, strategy)
-
-
-def _built(part: str, factory: Any, argument: Any) -> Any:
-    """`factory(argument)`; the optimizer's or scheduler's refusal of its arguments as one sentence naming it."""
-    try:
-        return factory(argument)
-    except (ValueError, TypeError, KeyError) as err:
-        classes = [a for a in (*getattr(factory, "args", ()), factory) if isinstance(a, type)]  # a jsonargparse partial
-        name = classes[0].__name__ if classes else getattr(factory, "__qualname__", type(factory).__name__)
-        raise FTLabError(f"model.{part} {name}: {err} (check model.{part}.init_args)") from None
+__all__ = ["FineTuneModule", "check_composition"]
 
 
 class FineTuneModule(pl.LightningModule):
@@ -97,7 +72,6 @@ class FineTuneModule(pl.LightningModule):
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
         self.task_metrics: TaskMetrics | None = None
-        self._sharded_penalties = False
         self.strict_loading = False  # checkpoints hold trainable weights only; keys are checked below
         # online RL runs several optimizer steps per batch (rollouts, then updates): the module steps itself
         self.automatic_optimization = not objective.needs_rollouts
@@ -112,34 +86,11 @@ class FineTuneModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        model = self.backbone.load_model(self.objective.model_class, **self.method.load_kwargs())
-        rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
-        if rows is not None and len(self.tokenizer) > rows:
-            raise FTLabError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's embedding only {rows} rows; "
-                "use the model's own tokenizer (model.backbone.init_args.tokenizer)"
-            )
-        if hasattr(model, "config"):
-            model.config.use_cache = False
-        if self.objective.needs_reference and not self.method.supports_disable:
-            # the method cannot switch itself off: keep a frozen copy of the initial weights as reference
-            self.reference_model = copy.deepcopy(model).requires_grad_(False).eval()
-        self.model = self.method.apply(model)
-        self.objective.setup_model(self.model)
-        self.model.train(self.training)  # from_pretrained returns eval mode; Lightning switches modes itself
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if distributed.is_ddp(strategy) and self.method.schedules_trainable:
-            # DDP registers the parameters that require grad when it wraps the model (after this hook):
-            # all that will ever train must be among them; the method's schedule gates them again per step
-            for param in self.method.trainable_parameters(self.model).values():
-                param.requires_grad_(True)
         mesh = getattr(self, "_device_mesh", None)
-        if mesh is not None and distributed.is_sharded(strategy):
-            mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
-            distributed.shard(self.model, mesh)
-            distributed.shard_heads(self.objective, mesh)
-            if self.reference_model is not None:
-                distributed.shard(self.reference_model, mesh)
+        self.model, self.reference_model = build_models(
+            self.backbone, self.method, self.objective, self.tokenizer, strategy, mesh, self.training
+        )
 
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
@@ -176,56 +127,22 @@ class FineTuneModule(pl.LightningModule):
             self.model.train(was_training)
 
     def context(self) -> StepContext:
-        return StepContext(self.model, self.reference, self.tokenizer, *distributed.data_parallel(self))
+        merged = partial(self.method.merged_for_decoding, self.model) if self.method.merges_for_decoding else None
+        return StepContext(
+            self.model,
+            self.reference,
+            self.tokenizer,
+            *distributed.data_parallel(self),
+            virtual_tokens=self.method.virtual_tokens,
+            merged=merged,
+        )
 
     # --- steps
     def _checked(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Stop on a NaN/inf loss. Reading the value waits for an accelerator, so off the CPU the check runs
-        at logging steps only (where Lightning reads the loss anyway), naming the step it was seen at."""
-        every = max(1, self.trainer.log_every_n_steps) if self._trainer is not None else 1
-        if loss.device.type != "cpu" and self.global_step % every:
-            return loss
-        bad = not torch.isfinite(loss)
-        if self._trainer is not None and self.trainer.world_size > 1:  # every rank stops, or none waits forever
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise FTLabError(
-                f"the training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
-                "lower the learning rate or check the data"
-            )
-        return loss
+        return check_finite(loss, self._trainer, self.global_step, batch_idx)
 
-    def _penalties(self) -> dict[str, torch.Tensor]:
-        """Every regularizer's penalty, computed before the objective's forward pass: under FSDP the
-        parameters must be in their sharded form, like the anchors (the root's stay gathered after a
-        forward or `generate` until the next backward, so they are resharded first)."""
-        if not len(self.regularizers):
-            return {}
-        from torch.distributed.fsdp import FSDPModule
-
-        sharded = isinstance(self.model, FSDPModule)
-        if sharded:
-            self.model.reshard()
-        params = self.method.trainable_parameters(self.model)
-        penalties = {regularizer.name: regularizer.penalty(self.model, params) for regularizer in self.regularizers}
-        self._sharded_penalties = sharded
-        return penalties
-
-    def _regularized(self, loss: torch.Tensor, penalties: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
-        """The objective's loss plus the penalties (each logged as `reg/<name>`; `loss` is the total). Under
-        FSDP a rank's penalty covers its own shards: the logged value is summed over the data-parallel ranks."""
-        if not penalties:
-            return loss
-        shown = metrics.get("loss", loss).detach()  # the objective's value (SFT: the global token mean)
-        for name, term in penalties.items():
-            value = term.detach().clone()
-            if self._sharded_penalties:  # the parameters are sharded over the data-parallel group only
-                torch.distributed.all_reduce(value, group=distributed.data_parallel(self)[1])
-            metrics[f"reg/{name}"] = value
-            shown = shown + value
-            loss = loss + term
-        metrics["loss"] = shown
-        return loss
+    def _regularized(self, loss: torch.Tensor, terms: Penalties, metrics: dict) -> torch.Tensor:
+        return terms.added_to(loss, metrics, distributed.data_parallel(self)[1] if terms.sharded else None)
 
     def _log_train(self, metrics: dict[str, torch.Tensor], batch_size: int, sync: bool = False) -> None:
         for name, value in metrics.items():
@@ -242,9 +159,9 @@ class FineTuneModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if not self.automatic_optimization:
             return self._rollout_step(batch, batch_idx)
-        penalties = self._penalties()
+        terms = penalties(self.regularizers, self.method, self.model)
         loss, metrics = self.objective.training_step(self.context(), batch)
-        loss = self._regularized(loss, penalties, metrics)
+        loss = self._regularized(loss, terms, metrics)
         self._checked(loss, batch_idx)
         self._log_train(metrics, len(batch))
         return loss
@@ -256,9 +173,9 @@ class FineTuneModule(pl.LightningModule):
         buffer, metrics = self.objective.make_rollouts(self.context(), batch)
         updates: list[dict[str, torch.Tensor]] = []
         for minibatch in self.objective.minibatches(buffer):
-            penalties = self._penalties()
+            terms = penalties(self.regularizers, self.method, self.model)
             loss, step_metrics = self.objective.training_step(self.context(), minibatch)
-            loss = self._regularized(loss, penalties, step_metrics)
+            loss = self._regularized(loss, terms, step_metrics)
             optimizer.zero_grad()
             self.manual_backward(self._checked(loss, batch_idx))
             if self.objective.max_grad_norm:
@@ -318,28 +235,8 @@ class FineTuneModule(pl.LightningModule):
 
     # --- optimisation
     def configure_optimizers(self) -> Any:
-        groups: list[dict[str, Any]] = []
-        own = [p for p in self.objective.parameters() if p.requires_grad]
-        head = [{"params": own, "name": "objective"}] if own else []
-        for group in [*self.method.param_groups(self.model), *head]:
-            params = list(group["params"])
-            extra = {k: v for k, v in group.items() if k != "params"}
-            matrices = [p for p in params if p.ndim >= 2 or self.decay_1d]
-            vectors = [p for p in params if p.ndim < 2 and not self.decay_1d]
-            if matrices:
-                groups.append({"params": matrices, **extra})
-            if vectors:
-                name = {"name": f"{extra['name']}-no_decay"} if "name" in extra else {}
-                groups.append({"params": vectors, **extra, **name, "weight_decay": 0.0})
-        if not groups:
-            raise FTLabError(f"method {self.method.name} leaves no parameter to train")
-        optimizer = _built("optimizer", self.optimizer_factory, groups)
-        for group in optimizer.param_groups:
-            group["lr"] *= group.get("lr_scale", 1.0)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = _built("scheduler", self.scheduler_factory, optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = optimization.param_groups(self.method, self.model, self.objective, self.decay_1d)
+        return optimization.optimizers(groups, self.optimizer_factory, self.scheduler_factory)
 
     def on_train_start(self) -> None:
         """A schedule that takes the run's length from the trainer learns it here, not in `configure_optimizers`:
@@ -352,69 +249,32 @@ class FineTuneModule(pl.LightningModule):
 
     def count_parameters(self) -> tuple[int, int]:
         """(trainable over the run, total) parameters of the model and the objective's head."""
-        head = [p for p in self.objective.parameters() if p.requires_grad]
-        trainable = sum(p.numel() for p in self.method.trainable_parameters(self.model).values())
-        trainable += sum(p.numel() for p in head)
-        total = sum(p.numel() for p in self.model.parameters()) + sum(p.numel() for p in head)
-        return trainable, total
+        return weights.count_parameters(self.method, self.model, self.objective)
 
     # --- weights
     def trainable_state_dict(self, gather: bool = False) -> dict[str, torch.Tensor]:
         """Trainable weights only, keyed as in this module's `state_dict`. With `gather`, sharded
         weights are assembled whole (a collective under FSDP: call it on every rank)."""
-        state = {PREFIX + k: v for k, v in self.method.trainable_state_dict(self.model).items()}
-        state.update({f"objective.{k}": p.detach() for k, p in self.objective.named_parameters() if p.requires_grad})
-        if gather:
-            state = {k: distributed.full(v) for k, v in state.items()}
-        return state
+        return weights.trainable_state(self.method, self.model, self.objective, gather)
 
     def load_trainable(self, source: str | Path | dict[str, torch.Tensor]) -> None:
         """Load trainable weights from a dict, a `.safetensors` file or a Lightning `.ckpt`."""
-        if isinstance(source, dict):
-            state = source
-        elif str(source).endswith(".safetensors"):
-            state = load_weights(Path(source))
-        else:
-            state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
-        self._check_keys(state, str(source) if not isinstance(source, dict) else "the given weights")
-        model_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
-        self.method.load_trainable_state_dict(self.model, model_state)
-        own = {k[len("objective.") :]: v for k, v in state.items() if k.startswith("objective.")}
-        if own:
-            self.objective.load_state_dict(own, strict=False)
-
-    def _check_keys(self, state: dict[str, Any], source: str) -> None:
-        own = self.trainable_state_dict()
-        if set(state) != set(own):
-            extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
-            raise FTLabError(
-                f"{source} does not hold this run's trainable weights: "
-                f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(missing)} missing (e.g. {missing[:2]})"
-            )
-        for name, value in state.items():
-            shape = tuple(own[name].shape)  # a DTensor reports its whole shape
-            if tuple(value.shape) != shape:
-                raise FTLabError(
-                    f"{source} holds {name} of shape {tuple(value.shape)} where this run has {shape}: it was saved "
-                    "with other method settings (the run folder's config.yaml records them)"
-                )
+        state = weights.read_state(source)
+        name = str(source) if not isinstance(source, dict) else "the given weights"
+        weights.check_keys(state, self.trainable_state_dict(), name)
+        weights.load_state(self.method, self.model, self.objective, state)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict(gather=True)  # dump_checkpoint runs on every rank
         checkpoint["ftlab"] = {
             "method": self.method.name,
             "objective": self.objective.name,
-            # whole tensors on the CPU, one at a time, like the weights: a resumed run cuts them into its own shards
-            "regularizers": [
-                {k: distributed.full(v).detach().cpu() for k, v in r.state_dict().items()} for r in self.regularizers
-            ],
+            "regularizers": weights.regularizer_states(self.regularizers),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # ModelParallelStrategy loads the weights (and optimizer) itself before this hook, skipping names this run
         # lacks (strict_loading is off), and passes the rest of the checkpoint without them: nothing to check here
         if "state_dict" in checkpoint:
-            self._check_keys(checkpoint["state_dict"], "the checkpoint")
-        saved = checkpoint.get("ftlab", {}).get("regularizers", [])
-        for regularizer, state in zip(self.regularizers, saved, strict=False):
-            regularizer.load_state_dict(distributed.cut_like_buffers(state, regularizer), strict=False)
+            weights.check_keys(checkpoint["state_dict"], self.trainable_state_dict(), "the checkpoint")
+        weights.load_regularizer_states(self.regularizers, checkpoint.get("ftlab", {}).get("regularizers", []))

@@ -1,7 +1,9 @@
-"""Callbacks: behaviour over time (run report, schedules, probes)."""
+"""Callbacks: behaviour over time that no single component owns (run report, probes). A component's own
+callbacks live beside it: the Fisher estimate with EWC (ftlab.regularizers.fisher_estimate), the reference
+cache with DPO (ftlab.objectives.reference_cache), the unfreeze schedule with gradual unfreezing
+(ftlab.methods.unfreeze_schedule)."""
 
-from ftlab.callbacks.fisher import FisherEstimate
 from ftlab.callbacks.forgetting import ForgettingProbe
 from ftlab.callbacks.run_report import RunReport
 
-__all__ = ["FisherEstimate", "ForgettingProbe", "RunReport"]
+__all__ = ["ForgettingProbe", "RunReport"]

@@ -25,10 +25,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ftlab.batches import SFTBatch
-from ftlab.callbacks.fisher import lm_loss
 from ftlab.data.base import FineTuneDataModule
 from ftlab.data.text import examples_of
 from ftlab.errors import FTLabError
+from ftlab.regularizers.fisher_estimate import lm_loss
 
 BUNDLED_TEXT = str(Path(__file__).resolve().parent.parent / "assets" / "wikitext2_sample.txt")
 

@@ -9,7 +9,10 @@ prompts (`ftlab.data.prompts.prompt_segments`), and the answers are scored:
 - `gen/rougeL_f`: mean ROUGE-L F-measure (torchmetrics, which lower-cases and keeps [a-z0-9] words;
   ROUGE-L needs no nltk, only ROUGE-Lsum and the stemmer do);
 - `gen/bleu`: corpus BLEU-`bleu_n_gram` (torchmetrics, whitespace tokens, no smoothing);
-- `gen/gsm8k_accuracy`: with `gsm8k_field`, final-answer accuracy by `ftlab.rewards.gsm8k`.
+- `gen/<name>`: the mean score of each reward function in `rewards` (`FunctionReward`, as the RL objectives
+  take them), called with the prompts, the answers, their token ids and the row fields `reward_columns`;
+- `gen/gsm8k_accuracy`: with `gsm8k_field`, final-answer accuracy: one more reward function,
+  `ftlab.rewards.gsm8k.gsm8k_exact_match`, with the field's final number as its `answer` column.
 They are logged with `pl_module.log`, so they land in summary.json's "metrics". The prompts,
 references and answers of the latest evaluation go to `<run folder>/gen_eval.jsonl` and, with a
 WandbLogger attached, to a W&B table `gen/samples`.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -42,6 +46,7 @@ from ftlab.data.prompts import prompt_segments
 from ftlab.errors import FTLabError
 from ftlab.objectives.rollouts import sample, stop_ids
 from ftlab.rewards.gsm8k import extract_answer, gsm8k_exact_match
+from ftlab.rewards.sources import FunctionReward
 
 FILE = "gen_eval.jsonl"
 
@@ -69,7 +74,7 @@ def text_metrics(answers: list[str], references: list[str], bleu_n_gram: int = 4
 
 
 class GenerationEval(pl.Callback):
-    """Answers held-out prompts at the end of fit and logs exact match, ROUGE-L, BLEU (and GSM8K accuracy).
+    """Answers held-out prompts at the end of fit and logs exact match, ROUGE-L, BLEU and reward functions' means.
 
     Args:
         file: Held-out prompts (json, jsonl, csv, ...); never a training file of the run.
@@ -78,6 +83,8 @@ class GenerationEval(pl.Callback):
         reference_field: Column holding the reference answer; None: no exact match, ROUGE or BLEU.
         gsm8k_field: Column holding a GSM8K answer (a number, or a solution ending in '#### n'): adds
             `gen/gsm8k_accuracy`.
+        rewards: Reward functions scoring the answers, each logged as `gen/<its name>` (the mean).
+        reward_columns: Row fields handed to the reward functions as columns (e.g. [answer]).
         limit: Use the first `limit` rows of the file.
         max_new_tokens: Longest answer in tokens.
         max_prompt_length: Longest prompt in tokens; longer prompts are cut from the left (BOS kept).
@@ -97,6 +104,8 @@ class GenerationEval(pl.Callback):
         input_field: str | None = "input",
         reference_field: str | None = "output",
         gsm8k_field: str | None = None,
+        rewards: list[FunctionReward] | None = None,
+        reward_columns: list[str] | None = None,
         limit: int | None = 32,
         max_new_tokens: int = 64,
         max_prompt_length: int = 256,
@@ -108,13 +117,14 @@ class GenerationEval(pl.Callback):
         bleu_n_gram: int = 4,
         every_n_epochs: int = 0,
     ) -> None:
-        if reference_field is None and gsm8k_field is None:
-            raise FTLabError("GenerationEval needs reference_field or gsm8k_field: there is nothing to score")
+        if reference_field is None and gsm8k_field is None and not rewards:
+            raise FTLabError("GenerationEval needs reference_field, gsm8k_field or rewards: there is nothing to score")
         if max_new_tokens < 1 or max_prompt_length < 2 or batch_size < 1:
             raise FTLabError("GenerationEval max_new_tokens, max_prompt_length and batch_size must be positive")
         self.file = file
         self.prompt_field, self.input_field = prompt_field, input_field
         self.reference_field, self.gsm8k_field = reference_field, gsm8k_field
+        self.rewards, self.reward_columns = list(rewards or []), list(reward_columns or [])
         self.limit, self.max_new_tokens, self.max_prompt_length = limit, max_new_tokens, max_prompt_length
         self.batch_size, self.do_sample, self.temperature, self.top_p = batch_size, do_sample, temperature, top_p
         self.system_prompt, self.bleu_n_gram, self.every_n_epochs = system_prompt, bleu_n_gram, every_n_epochs
@@ -130,7 +140,7 @@ class GenerationEval(pl.Callback):
             where = f"generation-eval file {self.file} row {i}"
             if isinstance(row.get("instances"), list) and row["instances"]:
                 row = {**row, **row["instances"][0]}  # Self-Instruct: one {input, output} per task
-            keys = [k for k in (self.prompt_field, self.reference_field, self.gsm8k_field) if k]
+            keys = [k for k in (self.prompt_field, self.reference_field, self.gsm8k_field, *self.reward_columns) if k]
             missing = [k for k in keys if row.get(k) is None or not str(row[k]).strip()]
             if missing:
                 raise FTLabError(f"{where} has no '{missing[0]}' field")
@@ -141,6 +151,7 @@ class GenerationEval(pl.Callback):
                     "prompt": f"{prompt}\n\n{extra}" if extra else prompt,
                     "reference": str(row[self.reference_field]) if self.reference_field else None,
                     "gsm8k": str(row[self.gsm8k_field]) if self.gsm8k_field else None,
+                    **({"columns": {k: row[k] for k in self.reward_columns}} if self.reward_columns else {}),
                 }
             )
         return out
@@ -209,6 +220,8 @@ class GenerationEval(pl.Callback):
         metrics: dict[str, float] = {}
         if self.reference_field:
             metrics.update(text_metrics(answers, [r["reference"] for r in self.rows], self.bleu_n_gram))
+        columns = {k: [r["columns"][k] for r in self.rows] for k in self.reward_columns}
+        scored = [(reward, columns) for reward in self.rewards]
         if self.gsm8k_field:
             # a solution ending in '#### n' or a bare number: the reference is its final number
             finals = [extract_answer(r["gsm8k"]) for r in self.rows]
@@ -216,9 +229,13 @@ class GenerationEval(pl.Callback):
                 raise FTLabError(
                     f"generation-eval file {self.file} row {finals.index(None)}: '{self.gsm8k_field}' holds no number"
                 )
-            refs = [f"{f:g}" for f in finals]
-            scores = gsm8k_exact_match([r["prompt"] for r in self.rows], answers, [[]] * len(answers), answer=refs)
-            metrics["gsm8k_accuracy"] = sum(scores) / len(scores)
+            gsm8k = FunctionReward(gsm8k_exact_match, name="gsm8k_accuracy")
+            scored.append((gsm8k, {"answer": [f"{f:g}" for f in finals]}))
+        ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers] if scored else []
+        prompts = [r["prompt"] for r in self.rows]
+        for reward, given in scored:
+            answered = SimpleNamespace(prompts=prompts, completions=answers, completion_ids=ids, columns=given)
+            metrics[reward.name] = float(reward.score(answered, torch.device("cpu")).mean())
         return metrics, table
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

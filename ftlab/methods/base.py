@@ -32,6 +32,9 @@ class Method:
     """Works on packed rows (several examples per row, told apart by position ids)."""
     trains_backbone: ClassVar[bool] = True
     """False when only an objective's head trains (feature extraction)."""
+    merges_for_decoding: ClassVar[bool] = False
+    """`merged_for_decoding(model)` folds the method into the weights while sampling (one matmul per layer
+    instead of several) and takes it out after; the frozen weights come back within float rounding."""
     schedules_trainable: ClassVar[bool] = False
     """The set of parameters that get gradients changes during the run (gradual unfreezing): under
     DDP every one of them must require grad when the model is wrapped, and DDP must look for unused
@@ -40,6 +43,12 @@ class Method:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def virtual_tokens(self) -> int:
+        """Positions the method puts before the input's (prompt learning): 0 for a method that only changes
+        weights. Where it is not 0, a prompt's KV cache cannot be computed once and shared by its samples."""
+        return 0
 
     def load_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments for `from_pretrained` (e.g. a quantization config)."""
@@ -86,6 +95,12 @@ class Method:
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method into plain backbone weights, for export (where the method allows)."""
         raise FTLabError(f"{self.name} cannot be merged into plain backbone weights")
+
+    @contextmanager
+    def merged_for_decoding(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Within the context, `model` with the method folded into its weights (only where
+        `merges_for_decoding`; otherwise `model` unchanged)."""
+        yield model
 
     def callbacks(self) -> list[Callback]:
         """Schedules the method brings along (e.g. gradual unfreezing)."""

@@ -155,20 +155,33 @@ Spot = tuple[str, type[AdapterWrap], float]
 
 
 class BottleneckMethod(Method):
-    """Shared by the bottleneck adapter methods: subclasses say where adapters go (`spots`)."""
+    """Shared by the bottleneck adapter methods: subclasses say where adapters go (`spots`).
+
+    Args:
+        size: Bottleneck size r (overrides reduction_factor).
+        reduction_factor: r = hidden size // reduction_factor, when size is not set.
+        activation: Nonlinearity between the projections, a name in transformers' ACT2FN (relu, gelu, silu, ...).
+        layer_norm: A LayerNorm in front of each adapter's down-projection.
+        scale: Multiplies the adapters' output (unset: the method's `default_scale`).
+        train_norms: Also train the backbone's LayerNorm/RMSNorm weights (as Houlsby did).
+        also_train: Regular expressions; parameters whose name matches any of them train too (e.g. a head).
+    """
 
     supports_disable: ClassVar[bool] = True
     supports_fsdp: ClassVar[bool] = True
     supports_packing: ClassVar[bool] = True  # adapters act per token: position ids do not matter
+    default_scale: ClassVar[float] = 1.0
+    """`scale` when the config leaves it unset."""
 
     def __init__(
         self,
-        size: int | None,
-        reduction_factor: int,
-        activation: str,
-        layer_norm: bool,
-        train_norms: bool,
-        also_train: list[str] | None,
+        size: int | None = None,
+        reduction_factor: int = 16,
+        activation: str = "relu",
+        layer_norm: bool = False,
+        scale: float | None = None,
+        train_norms: bool = False,
+        also_train: list[str] | None = None,
     ) -> None:
         if size is not None and size < 1:
             raise FTLabError(f"{self.name} size must be at least 1, got {size}")
@@ -180,6 +193,7 @@ class BottleneckMethod(Method):
         self.reduction_factor = reduction_factor
         self.activation = activation
         self.layer_norm = layer_norm
+        self.scale = self.default_scale if scale is None else scale
         self.train_norms = train_norms
         self.also_train = list(also_train or [])
         # switching the adapters off gives back the base model only if nothing else trains

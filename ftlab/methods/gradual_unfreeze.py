@@ -96,6 +96,6 @@ class GradualUnfreeze(Method):
         return model
 
     def callbacks(self) -> list[Callback]:
-        from ftlab.callbacks.unfreeze import UnfreezeSchedule
+        from ftlab.methods.unfreeze_schedule import UnfreezeSchedule
 
         return [UnfreezeSchedule(self)]

@@ -11,7 +11,7 @@ from peft import PeftConfig, PrefixTuningConfig
 from torch import nn
 
 from ftlab.errors import FTLabError
-from ftlab.methods.lora import task_type
+from ftlab.methods.peft_method import task_type
 from ftlab.methods.prompt_learning import PromptLearning
 
 

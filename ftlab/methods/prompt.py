@@ -13,7 +13,7 @@ from peft import PeftConfig, PromptTuningConfig, PromptTuningInit
 from torch import nn
 
 from ftlab.errors import FTLabError
-from ftlab.methods.lora import task_type
+from ftlab.methods.peft_method import task_type
 from ftlab.methods.prompt_learning import PromptLearning
 
 _INIT = {"random": PromptTuningInit.RANDOM, "vocab": PromptTuningInit.SAMPLE_VOCAB, "text": PromptTuningInit.TEXT}

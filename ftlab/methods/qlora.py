@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from peft import PeftModel, prepare_model_for_kbit_training
+from peft import prepare_model_for_kbit_training
 from torch import nn
 
 from ftlab.errors import FTLabError
@@ -24,40 +24,30 @@ from ftlab.methods.lora import LoRA
 
 
 class QLoRA(LoRA):
-    """LoRA on a 4-bit quantized backbone (bitsandbytes NF4).
+    """LoRA on a 4-bit quantized backbone (bitsandbytes NF4); the LoRA options are LoRA's.
 
     Args:
-        r: Rank of the update.
-        alpha: Scale numerator (alpha / r).
-        dropout: Dropout on the LoRA input.
-        target_modules: Linear layer names, or "all-linear".
-        rslora: Rank-stabilised scaling.
-        dora: Weight-decomposed LoRA.
-        modules_to_save: Modules trained in full beside the adapters.
         quant_type: 4-bit data type: nf4 (NormalFloat, the paper's) or fp4.
         double_quant: Quantize the quantization constants too (saves ~0.4 bit per weight).
         compute_dtype: dtype of the matmuls with dequantized weights (float32 on CPU; bfloat16 on GPUs).
         gradient_checkpointing: Recompute activations in backward to save memory.
+        lora: LoRA's options (r, alpha, dropout, target_modules, rslora, dora, modules_to_save).
     """
 
     supports_quantized: ClassVar[bool] = True
     supports_fsdp: ClassVar[bool] = False
+    mergeable: ClassVar[bool] = False  # the rounding to 4 bits would not come back
+    merges_for_decoding: ClassVar[bool] = False
 
     def __init__(
         self,
-        r: int = 8,
-        alpha: float = 16.0,
-        dropout: float = 0.0,
-        target_modules: list[str] | str = "all-linear",
-        rslora: bool = False,
-        dora: bool = False,
-        modules_to_save: list[str] | None = None,
         quant_type: str = "nf4",
         double_quant: bool = True,
         compute_dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        **lora: Any,
     ) -> None:
-        super().__init__(r, alpha, dropout, target_modules, rslora, dora, modules_to_save)
+        super().__init__(**lora)
         if quant_type not in ("nf4", "fp4"):
             raise FTLabError(f"QLoRA quant_type must be nf4 or fp4, got {quant_type!r}")
         if not isinstance(getattr(torch, compute_dtype, None), torch.dtype):
@@ -83,9 +73,7 @@ class QLoRA(LoRA):
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         return {"quantization_config": config, "device_map": {"": device}}
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        if isinstance(model, PeftModel):
-            return model
+    def prepare(self, model: nn.Module) -> nn.Module:
         if not getattr(model, "is_loaded_in_4bit", False):
             raise FTLabError("QLoRA needs a backbone loaded in 4 bit; load it through the run's backbone")
         import bitsandbytes as bnb
@@ -94,7 +82,7 @@ class QLoRA(LoRA):
             if isinstance(module, bnb.nn.Linear4bit):
                 module.support_avx512bf16_for_cpu = False  # keep the stored layout: see the module docstring
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.gradient_checkpointing)
-        return super().apply(model)
+        return super().prepare(model)
 
     def merge(self, model: nn.Module) -> nn.Module:
         raise FTLabError("QLoRA adapters are not merged into a 4-bit base; export the adapter folder instead")

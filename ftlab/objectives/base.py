@@ -38,6 +38,11 @@ class StepContext:
     """How many data-parallel ranks average their gradients in this step (DDP, FSDP); 1 in one process."""
     group: Any = None
     """Their process group (None: the default group)."""
+    virtual_tokens: int = 0
+    """Positions the run's method puts before the input (prompt learning; 0 for most methods)."""
+    merged: Callable[[], AbstractContextManager[nn.Module]] | None = None
+    """`with ctx.merged() as m:` the policy with the method folded into its weights, for decoding (None where
+    the method does not fold)."""
 
     def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         """`value` summed over the data-parallel ranks, without gradient (a collective: every rank must

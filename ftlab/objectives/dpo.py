@@ -108,7 +108,7 @@ class DPO(Objective):
     answer_logps = staticmethod(answer_logps)
 
     def callbacks(self) -> list[Callback]:
-        from ftlab.callbacks.reference_cache import ReferenceCache
+        from ftlab.objectives.reference_cache import ReferenceCache
 
         return [ReferenceCache(self)] if self.precompute_reference else []
 

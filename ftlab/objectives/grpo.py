@@ -110,7 +110,8 @@ class GRPO(Objective):
             self.max_new_tokens,
             self.temperature,
             self.top_p,
-            merge=self.merge_for_sampling,
+            merged=ctx.merged if self.merge_for_sampling else None,
+            virtual_tokens=ctx.virtual_tokens,
         )
         return rollout, time.perf_counter() - started
 

@@ -142,7 +142,8 @@ class PPO(Objective):
             self.max_new_tokens,
             self.temperature,
             self.top_p,
-            merge=self.merge_for_sampling,
+            merged=ctx.merged if self.merge_for_sampling else None,
+            virtual_tokens=ctx.virtual_tokens,
         )
         seconds = time.perf_counter() - started
         mask = rollout.completion_mask
@@ -210,7 +211,8 @@ class PPO(Objective):
             self.max_new_tokens,
             self.temperature,
             self.top_p,
-            merge=self.merge_for_sampling,
+            merged=ctx.merged if self.merge_for_sampling else None,
+            virtual_tokens=ctx.virtual_tokens,
         )
         scores, parts = total_reward(self.rewards, rollout, rollout.sequences.device)
         return {"reward": scores.mean(), "completion_length": rollout.completion_mask.sum(-1).mean(), **parts}

@@ -4,12 +4,13 @@
 asked, stop at EOS) without gradients and without dropout on left-padded prompts; each prompt's G
 samples are adjacent. Two savings, each equal to plain `generate` up to float rounding (tested with
 greedy decoding): each prompt is prefilled once, not G times (its KV cache repeated G times before
-`generate` continues from it); and, opt-in (`merge=True`), a LoRA-style peft adapter is merged into the
-weights while sampling (one matmul per linear layer and decode step instead of three), then unmerged.
-Unmerging subtracts the same update, so the frozen base weights come back only to within float32
+`generate` continues from it), unless the method puts virtual tokens before the input (`virtual_tokens`,
+from the step context); and, opt-in (`merged`, the step context's), the method is folded into the
+weights while sampling (LoRA: one matmul per linear layer and decode step instead of three), then taken
+out. Unmerging subtracts the same update, so the frozen base weights come back only to within float32
 rounding (about 1e-7 relative per step, a random walk over a run; TRL merges and unmerges the same way to
-sync vLLM): the reference policy, which is the base model, drifts by that much, hence opt-in. Never
-merged: quantized weights (the rounding to 4 bits would not come back) and adapters peft cannot merge.
+sync vLLM): the reference policy, which is the base model, drifts by that much, hence opt-in. Which
+methods fold (not quantized bases, not prompt learning) is the method's to say (`merges_for_decoding`).
 
 A completion's mask covers its tokens up to and including the first EOS;
 what follows is replaced by padding. `completion_logps` recomputes log π(token) for those tokens
@@ -19,8 +20,8 @@ positions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class Rollout:
     columns: dict[str, list[Any]] = field(default_factory=dict)
     group: int = 1
     """Samples per prompt, adjacent rows (their prompt tokens are identical)."""
+    virtual_tokens: int = 0
+    """Positions the policy's method puts before the input (prompt learning): no shared prompt cache."""
 
     @property
     def completion_tokens(self) -> torch.Tensor:
@@ -62,6 +65,7 @@ class Rollout:
             completions=[self.completions[i] for i in picked],
             completion_ids=[self.completion_ids[i] for i in picked],
             columns={k: [v[i] for i in picked] for k, v in self.columns.items()},
+            virtual_tokens=self.virtual_tokens,
         )  # a minibatch is no longer made of whole groups: group stays 1
 
 
@@ -71,30 +75,6 @@ def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [tokenizer.eos_token_id, *(config_ids if isinstance(config_ids, list) else [config_ids])]
     return sorted({i for i in ids if i is not None})
-
-
-def _mergeable(model: nn.Module) -> bool:
-    """A peft model whose adapters peft can merge into full-precision weights (LoRA and its kin)."""
-    if not hasattr(model, "merge_adapter") or _prompt_learning(model):
-        return False
-    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
-        return False
-    return not any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
-
-
-@contextmanager
-def merged(model: nn.Module, merge: bool = True) -> Iterator[nn.Module]:
-    """The model with its adapter merged into the weights inside the block (when it can be), unmerged after."""
-    if not (merge and _mergeable(model)):
-        yield model
-        return
-    with torch.no_grad():
-        model.merge_adapter()
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            model.unmerge_adapter()
 
 
 def _shared_prefill(model: nn.Module, batch: PromptBatch, num_samples: int) -> Any:
@@ -116,14 +96,16 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
-    merge: bool = False,
+    merged: Callable[[], AbstractContextManager[nn.Module]] | None = None,
     do_sample: bool = True,
+    virtual_tokens: int = 0,
 ) -> Rollout:
-    """G = `num_samples` completions per prompt (adjacent rows). `merge`: sample with the adapter merged;
+    """G = `num_samples` completions per prompt (adjacent rows). `merged`: the policy with its method folded
+    into the weights, to sample with; `virtual_tokens`: the method's (the step context gives both);
     `do_sample=False` decodes greedily (tests compare the fast paths with plain `generate` that way)."""
     stop = stop_ids(model, tokenizer)
     # the prompt is prefilled once (below) when it has a token before the last and G > 1
-    share = num_samples > 1 and batch.input_ids.shape[1] > 1 and not _prompt_learning(model)
+    share = num_samples > 1 and batch.input_ids.shape[1] > 1 and not virtual_tokens
     config = GenerationConfig(
         do_sample=do_sample,
         temperature=temperature if do_sample else None,
@@ -138,7 +120,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), merged(model, merge):
+        with torch.no_grad(), (merged or nullcontext)():
             extra: dict[str, Any] = {}
             ids, mask = batch.input_ids, batch.attention_mask
             if share:
@@ -166,12 +148,8 @@ def sample(
         completion_ids=ids,
         columns={k: [v for v in values for _ in range(num_samples)] for k, values in batch.columns.items()},
         group=num_samples,
+        virtual_tokens=virtual_tokens,
     )
-
-
-def _prompt_learning(model: nn.Module) -> bool:
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _completion_logits(model: nn.Module, rollout: Rollout, hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -179,7 +157,7 @@ def _completion_logits(model: nn.Module, rollout: Rollout, hidden: bool) -> tupl
     ids, mask, p, group = rollout.sequences, rollout.attention_mask, rollout.prompt_length, rollout.group
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     width = ids.shape[1] - p
-    if group > 1 and not hidden and not _prompt_learning(model):
+    if group > 1 and not hidden and not rollout.virtual_tokens:
         # A group's G samples share their prompt: run it once, repeat its KV cache G times (gradients flow
         # back through the repeat), and let the completions attend to it.
         head = model(

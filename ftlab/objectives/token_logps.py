@@ -7,11 +7,12 @@ states of the M positions that predict a label ([M, H], row by row: no prompt an
 applies the head there as one 2-D matmul ([M, H] @ [H, V]). Its log-probabilities equal those of the
 full logits up to float rounding (the same products, summed in another order).
 
-Where the hidden states do not map one-to-one to the head's input (prompt learning adds virtual tokens;
-a model that scales or soft-caps its logits), the head runs on the window of the last K positions that
-holds every label instead (`labelled_logits`, through `logits_to_keep`). Which path a model takes is
-decided once per model object, by checking the head on the final hidden state against the logits the
-model itself returns at the last position.
+Where the hidden states do not map one-to-one to the head's input (prompt tuning adds virtual tokens, so
+there are more hidden states than inputs; a model that scales or soft-caps its logits), the head runs on
+the window of the last K positions that holds every label instead (`labelled_logits`, through
+`logits_to_keep`). Which path a model takes is decided once per model object, by checking the width of
+the final hidden states and the head on them against the logits the model itself returns at the last
+position.
 """
 
 from __future__ import annotations
@@ -73,11 +74,6 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return logps, rows
 
 
-def _virtual_tokens(model: nn.Module) -> bool:
-    """Prompt learning (prefix, prompt tuning): its hidden states carry virtual tokens beside the input's."""
-    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
-
-
 def _head_on_hidden(model: nn.Module, out: object, width: int) -> bool:
     """Whether the model's head applied to its last hidden state reproduces its own logits (once per model)."""
     known = _HEAD_ON_HIDDEN.get(model)
@@ -103,7 +99,7 @@ def labelled_logps(
     position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p of each labelled next token [M], its row [M]), the head applied at those M positions only."""
-    if _HEAD_ON_HIDDEN.get(model) is False or _virtual_tokens(model):
+    if _HEAD_ON_HIDDEN.get(model) is False:
         return token_logps(*labelled_logits(model, input_ids, labels, attention_mask, position_ids))
     out = model(
         input_ids=input_ids,

@@ -5,7 +5,7 @@
 over the method's trainable parameters only. θ* is the trainable weights at the start of the run,
 which in sequential fine-tuning is the end of the previous task (the next run starts from its
 output, see `ftlab.chain.FromRun`). F is the diagonal of the empirical Fisher on "old" data,
-estimated once at fit start by `ftlab.callbacks.fisher.FisherEstimate`:
+estimated once at fit start by `ftlab.regularizers.fisher_estimate.FisherEstimate`:
 
     F_i = 1/N Σ_n (∂ℓ_n/∂θ_i)²,   ℓ_n = the loss of old example n alone (a batch of one).
 
@@ -49,7 +49,6 @@ resumed run keeps its anchors and does not re-estimate the Fisher.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,96 +61,10 @@ from ftlab.batches import SFTBatch
 from ftlab.data.base import FineTuneDataModule
 from ftlab.errors import FTLabError
 from ftlab.regularizers.base import Regularizer
+from ftlab.regularizers.fisher_estimate import FisherEstimate
+from ftlab.regularizers.fisher_math import FISHER_FILE, consolidate, empirical_fisher, local, quadratic_penalty
 
-FISHER_FILE = "ewc_fisher.safetensors"
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half-precision weights, else their own dtype (float64 stays float64)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-class _WeightedSquare(torch.autograd.Function):
-    """Σ w (θ − θ*)² whose backward recomputes 2 w (θ − θ*) from the parameter, the anchor and the
-    weight, which live anyway: autograd would otherwise keep a float32 difference per parameter
-    alive until backward (for Full fine-tuning, a second copy of the model)."""
-
-    @staticmethod
-    def forward(ctx: Any, p: torch.Tensor, anchor: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(p, anchor, weight)
-        square = (p.detach() - anchor).to(_wide(p.dtype)).square()
-        return (square if weight is None else weight * square).sum()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        p, anchor, weight = ctx.saved_tensors
-        slope = 2.0 * (p.detach() - anchor).to(_wide(p.dtype))
-        if weight is not None:
-            slope = slope * weight
-        return (grad * slope).to(p.dtype), None, None
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's part of a tensor (a DTensor's local shard; a plain tensor itself), never gathered."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def quadratic_penalty(
-    params: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None
-) -> torch.Tensor:
-    """Σ_i w_i (θ_i − θ*_i)² over every named tensor (w ≡ 1 when `weights` is None), in float32 at least.
-
-    Sharded (DTensor) parameters contribute their local shard: each process then gets exactly its
-    shard's gradient λ F (θ − θ*), and the value it logs is its shard's part of the sum."""
-    total = torch.zeros((), dtype=torch.float32, device=local(next(iter(params.values()))).device)
-    for name, p in params.items():
-        weight = None if weights is None else local(weights[name])
-        total = total + _WeightedSquare.apply(local(p), local(anchors[name]), weight)
-    return total
-
-
-def empirical_fisher(
-    params: dict[str, nn.Parameter], losses: Iterable[Callable[[], torch.Tensor]]
-) -> dict[str, torch.Tensor]:
-    """F_i = 1/N Σ_n (∂ℓ_n/∂θ_i)² over N per-sample losses (each a callable returning ℓ_n).
-
-    Gradients are taken with `backward` and read from `.grad` (so a sharded model's gradients stay
-    sharded); parameters frozen for now (a schedule's later ones) are switched on for the estimate
-    and their `requires_grad` and `.grad` restored after."""
-    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
-    state = {name: (p.requires_grad, p.grad) for name, p in params.items()}
-    count = 0
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-            p.grad = None
-        for compute in losses:
-            compute().backward()
-            for name, p in params.items():
-                if p.grad is not None:
-                    fisher[name] += p.grad.detach().float().square()
-                    p.grad = None
-            count += 1
-    finally:
-        for name, p in params.items():
-            p.requires_grad_(state[name][0])
-            p.grad = state[name][1]
-    if count == 0:
-        raise FTLabError("the Fisher estimate got no old example")
-    return {name: f / count for name, f in fisher.items()}
-
-
-def consolidate(
-    previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor], gamma: float
-) -> dict[str, torch.Tensor]:
-    """Online EWC's running Fisher: γ·F_prev + F_new, per parameter."""
-    if set(previous) != set(new):
-        extra, missing = sorted(set(previous) - set(new)), sorted(set(new) - set(previous))
-        raise FTLabError(
-            f"the previous run's Fisher covers other parameters than this run trains: "
-            f"{len(extra)} unknown (e.g. {extra[:2]}), {len(missing)} missing (e.g. {missing[:2]})"
-        )
-    return {name: gamma * previous[name].to(new[name].device) + f for name, f in new.items()}
+__all__ = ["EWC", "FISHER_FILE", "TensorStore", "consolidate", "empirical_fisher", "local", "quadratic_penalty"]
 
 
 class TensorStore(nn.Module):
@@ -243,8 +156,6 @@ class EWC(Regularizer):
         return 0.5 * self.strength * quadratic_penalty(params, anchors, weights)
 
     def callbacks(self) -> list[Callback]:
-        from ftlab.callbacks.fisher import FisherEstimate
-
         return [FisherEstimate(self)]
 
     def check(self, module: Any) -> None:

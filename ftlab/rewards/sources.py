@@ -123,7 +123,7 @@ class ModelReward(RewardSource):
 
     def module(self, device: torch.device) -> Any:
         if self._module is None:
-            from ftlab.export import load_run
+            from ftlab.saved_run import load_run
 
             module = load_run(self.run_dir)
             if not hasattr(module.objective, "score"):

@@ -1,6 +1,7 @@
 """Compose each cell's config without instantiating anything, and find cells whose parts cannot work together.
 
-The config is parsed by the run's own parser (FTLabCLI with instantiation switched off), so a mistyped key
+The config is parsed by the run's own parser (LightningCLI composed as the run's, `ftlab.run_parser`, with
+instantiation switched off), so a mistyped key
 fails here, before anything launches. Compatibility is decided by `ftlab.module.check_composition`, the
 run's own check, on parts built without loading anything: the method itself (methods are plain objects whose
 constructors load no model, and some set a capability per instance, as LoReFT's `supports_packing`), the
@@ -16,10 +17,11 @@ import io
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
 
-from ftlab.cli import FTLabCLI
 from ftlab.errors import FTLabError
 from ftlab.module import check_composition
+from ftlab.run_parser import COMPOSITION, add_run_options
 
 CAPABILITIES = (
     "supports_disable",
@@ -35,8 +37,14 @@ CAPABILITIES = (
 )
 
 
-class _ParseOnly(FTLabCLI):
-    """FTLabCLI that parses and stops: no seed, no output placement, no instantiation."""
+class _ParseOnly(LightningCLI):
+    """The run's parser that parses and stops: no seed, no output placement, no instantiation."""
+
+    def __init__(self, args: list[str], run: bool = False) -> None:
+        super().__init__(**COMPOSITION, args=args, run=run)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        add_run_options(parser)
 
     def _set_seed(self) -> None:
         pass

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from ftlab import distributed
 from ftlab.errors import FTLabError
 from ftlab.module import FineTuneModule
+from tests.catalogue import METHODS, OBJECTIVES
 
 LLAMA = {
     "model_type": "llama",
@@ -48,42 +49,11 @@ LLAMA = {
 
 
 def method(name: str, dropout: float = 0.0) -> Any:
-    from ftlab import methods
-
-    return {
-        "full": methods.Full,
-        "freeze": lambda: methods.Freeze(last_blocks=1),
-        "gradual_unfreeze": lambda: methods.GradualUnfreeze(every_n_steps=1),
-        "lora": lambda: methods.LoRA(r=4, dropout=dropout),
-        "qlora": lambda: methods.QLoRA(r=4, dropout=0.0),
-        "adapter_sequential": lambda: methods.AdapterSequential(size=8),
-        "adapter_parallel": lambda: methods.AdapterParallel(size=8),
-        "adapter_hybrid": lambda: methods.AdapterHybrid(size=8),
-        "prefix": lambda: methods.PrefixTuning(num_virtual_tokens=4),
-        "prompt": lambda: methods.PromptTuning(num_virtual_tokens=4, init="vocab"),
-        "feature_extraction": methods.FeatureExtraction,
-        "reft": lambda: methods.LoReFT(r=2, layers=[0], first=4),
-    }[name]()
-
-
-def even_share(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **_: Any) -> list[float]:
-    """A reward that varies between samples of an untrained model: the share of even token ids."""
-    return [sum(i % 2 == 0 for i in ids) / max(len(ids), 1) for ids in completion_ids]
+    return METHODS[name](dropout=dropout) if name == "lora" else METHODS[name]()
 
 
 def objective(name: str) -> Any:
-    from ftlab import objectives
-    from ftlab.rewards import FunctionReward
-
-    reward = [FunctionReward(even_share)]
-    return {
-        "sft": objectives.SFT,
-        "dpo": lambda: objectives.DPO(beta=0.1),
-        "reward": objectives.Reward,
-        "classification": lambda: objectives.Classification(num_labels=2, dropout=0.0),
-        "grpo": lambda: objectives.GRPO(rewards=reward, num_generations=2, max_new_tokens=4, updates_per_batch=2),
-        "ppo": lambda: objectives.PPO(rewards=reward, max_new_tokens=4, epochs=2, minibatch_size=2),
-    }[name]()
+    return OBJECTIVES[name]()
 
 
 def datamodule(cell: dict[str, Any]) -> pl.LightningDataModule:

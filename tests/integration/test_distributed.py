@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from ftlab.callbacks.forgetting import BUNDLED_TEXT
 from ftlab.cli import FTLabCLI
 from ftlab.regularizers.ewc import FISHER_FILE
+from tests import catalogue
 from tests.conftest import REPO, write_jsonl
 from tests.integration import distributed_cells as cells
 
@@ -318,9 +319,8 @@ def test_online_ewc_under_fsdp_carries_the_previous_runs_whole_fisher(resumed: P
     assert worst < TOL, f"F_B differs from 0.5·F_A + F_new by {worst}"
 
 
-METHODS = ["full", "freeze", "gradual_unfreeze", "lora", "qlora", "adapter_sequential", "adapter_parallel"]
-METHODS += ["adapter_hybrid", "prefix", "prompt", "feature_extraction", "reft"]
-OBJECTIVES = ["sft", "dpo", "reward", "classification", "grpo", "ppo"]
+METHODS = sorted(catalogue.METHODS)
+OBJECTIVES = sorted(catalogue.OBJECTIVES)
 
 
 @pytest.mark.slow

@@ -10,29 +10,32 @@ from transformers import AutoModelForCausalLM
 
 from ftlab.cli import FTLabCLI
 from ftlab.module import FineTuneModule
+from tests.catalogue import YAML_COMPANIONS
 from tests.conftest import REPO
 
 EXPERIMENTS = REPO / "experiments"
 QUICKSTART = EXPERIMENTS / "quickstart.yaml"
 # study files (experiments/sweeps) are not fit configs: tests/unit/test_sweep_study.py composes them
 ALL = sorted(p.relative_to(EXPERIMENTS).as_posix() for p in EXPERIMENTS.rglob("*.yaml") if "sweeps" not in p.parts)
-# an objective needs its kind of data, and preference data an objective that reads it
-COMPANIONS = {
-    "objectives/classification.yaml": ["data/sst2.yaml"],
-    "objectives/dpo.yaml": ["data/preference_example.yaml"],
-    "objectives/reward.yaml": ["data/preference_example.yaml"],
-    "data/preference_example.yaml": ["objectives/dpo.yaml"],
-    "data/hh_rlhf.yaml": ["objectives/reward.yaml"],
-    "data/gsm8k.yaml": ["objectives/grpo.yaml"],
-    "data/synthetic_prompts.yaml": ["objectives/grpo.yaml"],
-    "objectives/grpo.yaml": ["data/synthetic_prompts.yaml"],
-    "objectives/ppo.yaml": ["data/synthetic_prompts.yaml"],
-}
+COMPANIONS = YAML_COMPANIONS
 
 
 def test_every_component_has_its_yaml() -> None:
     for name in ("methods/full.yaml", "methods/freeze.yaml", "methods/lora.yaml", "objectives/sft.yaml"):
         assert name in ALL
+
+
+def test_every_method_has_its_yaml_and_catalogue_row() -> None:
+    import ftlab.methods
+    from tests.catalogue import METHODS
+
+    built = {type(factory()).__name__ for factory in METHODS.values()}
+    texts = [(EXPERIMENTS / name).read_text() for name in ALL if name.startswith("methods/")]
+    for name in ftlab.methods.__all__:
+        if name == "Method":
+            continue
+        assert name in built, f"{name} has no row in tests/catalogue.py"
+        assert any(f"class_path: ftlab.methods.{name}\n" in text for text in texts), f"{name} has no YAML"
 
 
 @pytest.mark.parametrize("name", ALL)

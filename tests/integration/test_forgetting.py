@@ -16,7 +16,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ftlab import runfolder
 from ftlab.callbacks import ForgettingProbe
-from ftlab.callbacks.fisher import FisherEstimate
 from ftlab.callbacks.forgetting import BUNDLED_TEXT
 from ftlab.chain import FromRun
 from ftlab.cli import FTLabCLI
@@ -35,6 +34,7 @@ from ftlab.objectives import DPO, GRPO, PPO, SFT, Classification
 from ftlab.objectives.base import Objective
 from ftlab.regularizers import EWC, L2SP
 from ftlab.regularizers.ewc import FISHER_FILE
+from ftlab.regularizers.fisher_estimate import FisherEstimate
 from ftlab.rewards import FunctionReward
 from tests.conftest import REPO, TINY_BERT, quiet_trainer, write_jsonl
 

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -19,23 +21,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForCausalLM
 
 from ftlab.data import SFTDataModule
-from ftlab.methods import (
-    AdapterHybrid,
-    AdapterParallel,
-    AdapterSequential,
-    Freeze,
-    Full,
-    GradualUnfreeze,
-    LoRA,
-    LoReFT,
-    Method,
-    PrefixTuning,
-    PromptTuning,
-    QLoRA,
-)
+from ftlab.methods import Method
 from ftlab.models import TinyBackbone
 from ftlab.module import FineTuneModule
 from ftlab.objectives import SFT
+from tests import catalogue
 
 # hidden 64 so that every linear layer's input is a multiple of bitsandbytes' 4-bit block of 64
 LLAMA_64 = {
@@ -48,19 +38,19 @@ LLAMA_64 = {
     "max_position_embeddings": 256,
     "tie_word_embeddings": False,
 }
-METHODS: dict[str, Callable[[], Method]] = {
-    "adapter_hybrid": lambda: AdapterHybrid(size=8),
-    "adapter_parallel": lambda: AdapterParallel(size=8),
-    "adapter_sequential": lambda: AdapterSequential(size=8, train_norms=True),
-    "full": Full,
-    "freeze": lambda: Freeze(last_blocks=1),
-    "gradual_unfreeze": lambda: GradualUnfreeze(every_n_steps=1),
-    "lora": lambda: LoRA(r=4, dropout=0.1),
-    "qlora": lambda: QLoRA(r=4),
-    "prefix": lambda: PrefixTuning(num_virtual_tokens=4),
-    "prompt": lambda: PromptTuning(num_virtual_tokens=4, init="vocab"),
-    "reft": lambda: LoReFT(r=4, layers=[0], first=3),  # a last-block edit of prompt tokens reaches no loss
+CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
+    "lora": {"dropout": 0.1},
+    "adapter_sequential": {"train_norms": True},
+    "reft": {"r": 4, "first": 3},  # a last-block edit of prompt tokens reaches no loss
 }
+"""Variants the contract checks beyond the catalogue's tiny configuration."""
+HEAD_ONLY = {"feature_extraction"}  # trains an objective's head only: SFT has none
+METHODS: dict[str, Callable[[], Method]] = {
+    name: partial(factory, **CONTRACT_OPTIONS.get(name, {}))
+    for name, factory in catalogue.METHODS.items()
+    if name not in HEAD_ONLY
+}
+"""The catalogue's methods as the contract (and the preference and RL fits) build them."""
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from ftlab import runfolder
-from ftlab.callbacks.fisher import FisherEstimate, gathered, placed
 from ftlab.data import PreferenceDataModule, PromptDataModule, SFTDataModule
 from ftlab.data.text import TextDataModule
 from ftlab.errors import FTLabError
 from ftlab.objectives import DPO, GRPO, PPO, SFT
 from ftlab.regularizers import EWC, L2SP
 from ftlab.regularizers.ewc import FISHER_FILE, consolidate, empirical_fisher, quadratic_penalty
+from ftlab.regularizers.fisher_estimate import FisherEstimate, gathered, placed
 from ftlab.rewards import FunctionReward, TokenShare
 from tests.conftest import REPO
 

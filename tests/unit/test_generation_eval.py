@@ -65,3 +65,39 @@ def test_refuses_a_training_file_and_missing_fields(tmp_path: Path, sft_file: Pa
         GenerationEval(file=str(bad)).read()
     with pytest.raises(FTLabError, match="nothing to score"):
         GenerationEval(file=str(bad), reference_field=None)
+
+
+def answer_length_matches(
+    prompts: list[str], completions: list[str], completion_ids: list[list[int]], **columns: list[str]
+) -> list[float]:
+    """1.0 where the answer has as many words as the row's `words` field says."""
+    return [float(len(c.split()) == int(w)) for c, w in zip(completions, columns["words"], strict=True)]
+
+
+def test_scores_with_reward_functions_and_their_columns(tmp_path: Path, tokenizer, monkeypatch) -> None:
+    from ftlab.rewards import FunctionReward, gsm8k_format
+
+    rows = [{"q": "One word?", "words": "1"}, {"q": "Two words?", "words": "2"}, {"q": "Three?", "words": "3"}]
+    path = write_jsonl(tmp_path / "held.jsonl", rows)
+    rewards = [FunctionReward(answer_length_matches), FunctionReward(gsm8k_format, name="format")]
+    callback = GenerationEval(
+        file=str(path),
+        prompt_field="q",
+        input_field=None,
+        reference_field=None,
+        rewards=rewards,
+        reward_columns=["words"],
+    )
+    callback.rows = callback.read()
+    assert callback.rows[1]["columns"] == {"words": "2"}
+    answers = ["yes", "#### 12", "a b"]  # word counts 1, 2, 2 against 1, 2, 3; only the second has the format
+    monkeypatch.setattr(callback, "answer", lambda model, tok, batch: answers[: len(batch)])
+    module = SimpleNamespace(tokenizer=tokenizer, model=None, device=torch.device("cpu"))
+    metrics, _ = callback.evaluate(module)
+    assert metrics == {"answer_length_matches": pytest.approx(2 / 3), "format": pytest.approx(1 / 3)}
+    with pytest.raises(FTLabError, match="row 0 has no 'lines' field"):
+        GenerationEval(
+            file=str(path), prompt_field="q", reference_field=None, rewards=rewards, reward_columns=["lines"]
+        ).read()
+    with pytest.raises(FTLabError, match="nothing to score"):
+        GenerationEval(file=str(path), reference_field=None)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from ftlab.batches import PromptBatch
 from ftlab.errors import FTLabError
+from ftlab.methods import LoRA
 from ftlab.objectives.rollouts import Rollout, completion_logps, sample
 from ftlab.rewards.sources import FunctionReward, total_reward
 
@@ -120,7 +123,6 @@ def test_sampling_stops_at_every_end_of_turn_token(tiny_llama, tokenizer) -> Non
 def test_shared_prompt_pass_equals_the_full_pass(tiny_llama, tokenizer) -> None:
     # GRPO's samples of a prompt share its KV cache in the log-prob pass: values and gradients must equal
     # those of running every row in full
-    from ftlab.methods import LoRA
 
     torch.manual_seed(0)
     model = LoRA(r=4).apply(tiny_llama.load_model(AutoModelForCausalLM))
@@ -145,7 +147,6 @@ def test_shared_prompt_pass_equals_the_full_pass(tiny_llama, tokenizer) -> None:
 
 def lora_model(tiny_llama, scale: float = 0.1):
     """A LoRA model whose adapter changes the outputs (B drawn, not zero)."""
-    from ftlab.methods import LoRA
 
     torch.manual_seed(0)
     model = LoRA(r=4).apply(tiny_llama.load_model(AutoModelForCausalLM))
@@ -175,8 +176,8 @@ def test_shared_prefill_and_merged_adapter_sample_as_plain_generate(tiny_llama, 
     model = lora_model(tiny_llama)
     batch = prompts(tokenizer, ["hello there friend, how are you", "a b", "the cat"])
     expected = plain_greedy(model, tokenizer, batch, 3, 8)
-    for merge in (False, True):
-        rollout = sample(model, tokenizer, batch, 3, 8, merge=merge, do_sample=False)
+    for merged in (None, partial(LoRA().merged_for_decoding, model)):
+        rollout = sample(model, tokenizer, batch, 3, 8, merged=merged, do_sample=False)
         assert rollout.group == 3 and rollout.sequences.shape[0] == 9
         width = min(expected.shape[1], rollout.sequences.shape[1])
         kept = rollout.attention_mask[:, :width].bool()
@@ -186,14 +187,13 @@ def test_shared_prefill_and_merged_adapter_sample_as_plain_generate(tiny_llama, 
 def test_merged_sampling_gives_the_weights_back(tiny_llama, tokenizer) -> None:
     # merge, then unmerge: the base weights come back within float32 rounding, the adapter is active again,
     # and the merged model's logits equal the adapter's (within 1e-5)
-    from ftlab.objectives.rollouts import merged
-
     model = lora_model(tiny_llama)
+    merged = partial(LoRA().merged_for_decoding, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = prompts(tokenizer, ["hello there friend"]).input_ids
     with torch.no_grad():
         unmerged_logits = model(input_ids=ids).logits
-        with merged(model) as m:
+        with merged() as m:
             merged_logits = m(input_ids=ids).logits
             assert any(getattr(layer, "merged", False) for layer in model.modules())
     torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-5, atol=1e-5)
@@ -201,5 +201,5 @@ def test_merged_sampling_gives_the_weights_back(tiny_llama, tokenizer) -> None:
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=1e-6)
     torch.manual_seed(1)
-    sample(model, tokenizer, prompts(tokenizer, ["hello"]), num_samples=2, max_new_tokens=4, merge=True)
+    sample(model, tokenizer, prompts(tokenizer, ["hello"]), num_samples=2, max_new_tokens=4, merged=merged)
     assert max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()) < 1e-6

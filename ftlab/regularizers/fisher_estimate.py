@@ -30,7 +30,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -44,7 +44,10 @@ from ftlab.errors import FTLabError
 from ftlab.models.cache import cache_root
 from ftlab.objectives.base import StepContext
 from ftlab.objectives.sft import SFT
-from ftlab.regularizers.ewc import EWC, FISHER_FILE, consolidate, empirical_fisher, local
+from ftlab.regularizers.fisher_math import FISHER_FILE, consolidate, empirical_fisher, local
+
+if TYPE_CHECKING:
+    from ftlab.regularizers.ewc import EWC
 
 log = logging.getLogger("ftlab")
 VERSION = 1  # bump when the estimate changes, so old cache entries are not read

@@ -1,0 +1,29 @@
+"""Whether a run's parts can work together, decided before the model loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftlab import distributed
+from ftlab.errors import FTLabError
+from ftlab.methods.base import Method
+from ftlab.objectives.base import Objective
+
+
+def check_composition(method: Method, objective: Objective, datamodule: Any, strategy: Any) -> None:
+    """Refuse, in one sentence, a run whose parts cannot work together (before the model loads)."""
+    produced = getattr(datamodule, "batch_type", None)
+    if datamodule is not None and produced is not objective.batch_type:
+        raise FTLabError(
+            f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
+            f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
+        )
+    if datamodule is not None:
+        objective.check_data(datamodule)
+    if not method.trains_backbone and not objective.has_head:
+        raise FTLabError(
+            f"method {method.name} trains only an objective's head, and objective {objective.name} has none"
+        )
+    if getattr(datamodule, "packing", False) and not method.supports_packing:
+        raise FTLabError(f"method {method.name} cannot train on packed rows; set data packing: false")
+    distributed.check_strategy(method, strategy)
