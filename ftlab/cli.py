@@ -28,7 +28,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-from ftlab import resume, runfolder
+from ftlab import console, resume, runfolder
 from ftlab.data.base import FineTuneDataModule
 from ftlab.errors import FTLabError
 from ftlab.module import FineTuneModule
@@ -167,7 +167,7 @@ class FTLabCLI(LightningCLI):
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"save_to_log_dir": False, "overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={"allow_abbrev": False},  # a mistyped key is an error, not a prefix match
+            parser_kwargs={"allow_abbrev": False, "prog": "ftlab"},  # a mistyped key is an error, not a prefix match
             args=args,
             run=run,
         )
@@ -249,7 +249,10 @@ def main(args: list[str] | None = None) -> None:
             sweep_main(argv)
         else:
             check_config_files(argv)
-            FTLabCLI(args=argv)
+            console.quiet()
+            cli = FTLabCLI(args=args)  # None: LightningCLI reads sys.argv itself (both at once draw its warning)
+            if cli.subcommand == "fit" and cli.trainer.is_global_zero:
+                console.report_fit(Path(cli.trainer.default_root_dir))
     except Exception as err:
         cause = user_error(err)
         if cause is None:
