@@ -197,7 +197,12 @@ class FTLabCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """A resumed fit keeps the CSV rows logged before its checkpoint (Lightning's writer deletes them)."""
+        """A resumed fit keeps the CSV rows logged before its checkpoint (Lightning's writer deletes them); online RL
+        warns when its first rollout batches carry no reward signal."""
+        if getattr(self.model.objective, "rewards", None) is not None:
+            from ftlab.callbacks.flat_rewards import FlatRewards
+
+            self.trainer.callbacks.append(FlatRewards())
         if self.config.fit.get("ckpt_path"):
             from ftlab.callbacks.log_history import KeepCSVHistory
 
