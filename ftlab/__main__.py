@@ -1,4 +1,4 @@
-from ftlab.cli import main
+from ftlab.entry import main
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-from ftlab import resume, runfolder
+from ftlab import console, resume, runfolder
 from ftlab.errors import FTLabError
 from ftlab.run_parser import COMPOSITION, add_run_options
 from ftlab.runlock import RunLock, is_launched_rank
@@ -159,7 +159,7 @@ class FTLabCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            **COMPOSITION,
+            **{**COMPOSITION, "parser_kwargs": {**COMPOSITION["parser_kwargs"], "prog": "ftlab"}},
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"save_to_log_dir": False, "overwrite": True},
             args=args,
@@ -183,7 +183,12 @@ class FTLabCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """A resumed fit keeps the CSV rows logged before its checkpoint (Lightning's writer deletes them)."""
+        """A resumed fit keeps the CSV rows logged before its checkpoint (Lightning's writer deletes them); online RL
+        warns when its first rollout batches carry no reward signal."""
+        if getattr(self.model.objective, "rewards", None) is not None:
+            from ftlab.callbacks.flat_rewards import FlatRewards
+
+            self.trainer.callbacks.append(FlatRewards())
         if self.config.fit.get("ckpt_path"):
             from ftlab.callbacks.log_history import KeepCSVHistory
 
@@ -235,7 +240,10 @@ def main(args: list[str] | None = None) -> None:
             sweep_main(argv)
         else:
             check_config_files(argv)
-            FTLabCLI(args=argv)
+            console.quiet()
+            cli = FTLabCLI(args=args)  # None: LightningCLI reads sys.argv itself (both at once draw its warning)
+            if cli.subcommand == "fit" and cli.trainer.is_global_zero:
+                console.report_fit(Path(cli.trainer.default_root_dir))
     except Exception as err:
         cause = user_error(err)
         if cause is None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from ftlab import distributed
 from ftlab.errors import FTLabError
+from ftlab.hints import data_hint
 from ftlab.methods.base import Method
 from ftlab.objectives.base import Objective
 
@@ -17,6 +18,7 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
         raise FTLabError(
             f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
             f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
+            + data_hint(objective.batch_type)
         )
     if datamodule is not None:
         objective.check_data(datamodule)

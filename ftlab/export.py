@@ -2,7 +2,9 @@
 
 Rebuilds the run's module from its `config.yaml`, loads `trainable.safetensors`, and writes
 - `<out>/adapter`: the peft adapter folder (peft methods: LoRA, QLoRA, prefix, prompt), loadable with
-  `PeftModel.from_pretrained(base, <out>/adapter)`;
+  `PeftModel.from_pretrained(base, <out>/adapter)`; a base that only ftlab's cache holds (a tiny backbone built
+  from config, a chained run) is written to `<out>/base` and named `base` in the adapter's config, so the folder
+  works on another machine (`AutoModelForCausalLM.from_pretrained(<out>/base)`);
 - `<out>/merged`: the method folded into plain weights (Full, Freeze, GradualUnfreeze, LoRA), loadable
   with `AutoModelForCausalLM.from_pretrained(<out>/merged)`, with the tokenizer beside it.
 Methods that can do neither (bottleneck adapters) are refused with the reason.
@@ -11,13 +13,34 @@ Methods that can do neither (bottleneck adapters) are refused with the reason.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
-from peft import PeftModel
+from peft import PeftConfig, PeftModel
 
 from ftlab.errors import FTLabError
+from ftlab.models.cache import cache_root
+from ftlab.module import FineTuneModule
 from ftlab.saved_run import load_run
+
+
+def portable_base(module: FineTuneModule, out: Path) -> Path | None:
+    """A base model that ftlab built into its cache (a tiny backbone, a chained run) exists on this machine only:
+    copy it with the tokenizer to `<out>/base` and name it `base` in the adapter's config, so the export folder
+    works anywhere. A hub id or a folder of the user's own is named as given (None)."""
+    configs = module.model.peft_config
+    source = Path(next(iter(configs.values())).base_model_name_or_path or "")
+    cache = cache_root().resolve()
+    if not source.is_dir() or cache not in source.resolve().parents:
+        return None
+    base = out / "base"
+    shutil.copytree(source, base, dirs_exist_ok=True)
+    module.tokenizer.save_pretrained(str(base))
+    saved = PeftConfig.from_pretrained(str(out / "adapter"))
+    saved.base_model_name_or_path = "base"  # relative: load it as <export folder>/base
+    saved.save_pretrained(str(out / "adapter"))
+    return base
 
 
 def export(run_dir: Path, out: Path) -> dict[str, Path]:
@@ -29,6 +52,9 @@ def export(run_dir: Path, out: Path) -> dict[str, Path]:
         module.model.save_pretrained(str(out / "adapter"))
         module.tokenizer.save_pretrained(str(out / "adapter"))
         written["adapter"] = out / "adapter"
+        base = portable_base(module, out)
+        if base is not None:
+            written["base"] = base
     try:
         merged: Any = module.method.merge(module.model)
     except FTLabError:

@@ -2,9 +2,10 @@
 
 An instruction row (instruction, optional input, output) becomes a user turn and an assistant
 turn; a chat row is its list of messages. The template is rendered turn by turn: the text an
-assistant turn adds (its content and end-of-turn marker) carries the loss, everything else
-(system, user, the template's role headers) does not. Each piece is tokenized on its own, exactly
-as a prompt is at generation time.
+assistant turn adds (its content and end-of-turn marker, up to the last EOS token of the turn) carries the
+loss, everything else (system, user, the template's role headers, what a template writes after the EOS) does
+not. An instruction row's `input` is stripped of surrounding whitespace (and left out when blank). Each piece
+is tokenized on its own, exactly as a prompt is at generation time.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def instruction_messages(
             raise FTLabError(f"{where} has no '{key}' field (it has: {present})")
     prompt = text_value(row[instruction], where, instruction, numbers=True)
     extra = text_value(row[input], where, input, numbers=True) if input and row.get(input) is not None else None
-    if extra:
-        prompt = f"{prompt}\n\n{extra}"
+    if extra and extra.strip():
+        prompt = f"{prompt}\n\n{extra.strip()}"
     answer = text_value(row[output], where, output, numbers=True)
     if not answer.strip():
         return None
@@ -82,7 +83,10 @@ def render_segments(tok: PreTrainedTokenizerBase, messages: Messages, where: str
                 f"{where}: the chat template does not render turn by turn as a prefix "
                 "(it rewrites earlier turns), so answer tokens cannot be located"
             )
-        segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
+        answer = full[len(prompt) :]
+        end = answer.rindex(tok.eos_token) + len(tok.eos_token) if tok.eos_token and tok.eos_token in answer else None
+        # the answer ends at its EOS: what a template writes after it (e.g. "\n" after "<|im_end|>") is not learned
+        segments += [(prompt[len(done) :], False), (answer[:end], True), (answer[end:] if end else "", False)]
         done = full
     rest = render(tok, messages, generation_prompt=False, where=where)
     if rest.startswith(done) and len(rest) > len(done):

@@ -173,7 +173,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
     "limit below one": (lambda t: sft(good_data(t), "--data.limit=0"), "limit"),
     "objective and data disagree": (
         lambda t: [*sft(good_data(t)), "--model.objective=ftlab.objectives.DPO"],
-        "PreferenceBatch",
+        ("PreferenceBatch", "experiments/data/preference_example.yaml"),
     ),
     "method x objective": (
         lambda t: [*sft(good_data(t)), "--model.method=ftlab.methods.FeatureExtraction"],

@@ -1,5 +1,7 @@
 """Rendering rows through the chat template: where the loss goes."""
 
+import copy
+
 import pytest
 
 from ftlab.data.chat import IGNORE, chat_messages, instruction_messages, render_segments, tokenize_segments
@@ -76,3 +78,33 @@ def test_template_that_rewrites_history_is_refused(tokenizer) -> None:
             render_segments(tokenizer, messages, "row 7")
     finally:
         tokenizer.chat_template = original
+
+
+CHATML = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def test_the_answer_ends_at_its_eos_not_at_the_newline_the_template_writes_after_it(tokenizer) -> None:
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = CHATML  # like ChatML: "<|im_end|>\\n" closes every turn
+    messages = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]
+    segments = render_segments(tok, messages, "row 0")
+    assert segments == [("<|user|>\nhi there</s>\n<|assistant|>\n", False), ("hello</s>", True), ("\n", False)]
+    ids, labels = tokenize_segments(tok, segments)
+    learned = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE]
+    assert learned == tok("hello", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert (
+        ids[-len(tok("\n", add_special_tokens=False)["input_ids"]) :]
+        == tok("\n", add_special_tokens=False)["input_ids"]
+    )
+    assert labels[-1] == IGNORE  # the newline after the EOS
+
+
+def test_an_input_field_is_stripped() -> None:
+    row = {"instruction": "Sum", "input": "  1 2 \n", "output": "3"}
+    messages = instruction_messages(row, "row 0", "instruction", "input", "output", None)
+    assert messages[0]["content"] == "Sum\n\n1 2"
+    blank = instruction_messages({**row, "input": "  "}, "row 0", "instruction", "input", "output", None)
+    assert blank[0]["content"] == "Sum"

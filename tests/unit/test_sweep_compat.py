@@ -3,6 +3,8 @@ Lightning one (DDP or not, finding unused parameters or not) and a method's per-
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ftlab.sweep.compat import Composer, incompatibility
@@ -58,7 +60,10 @@ def test_a_mixture_answers_with_its_tasks_batch_kind(composer: Composer) -> None
     assert reason(composer, "lora.yaml", *mixture) is None  # SFT tasks for the SFT objective
     dpo = ["--config", str(EXP / "objectives" / "dpo.yaml")]
     assert reason(composer, "lora.yaml", *mixture, *dpo) == (
-        "objective DPO consumes PreferenceBatch batches but datamodule MixtureDataModule yields SFTBatch batches"
+        "objective DPO consumes PreferenceBatch batches but datamodule MixtureDataModule yields SFTBatch batches; "
+        "for PreferenceBatch batches compose a data YAML such as "
+        f"{os.path.relpath(EXP / 'data' / 'hh_rlhf.yaml')} or "
+        f"{os.path.relpath(EXP / 'data' / 'preference_example.yaml')}"
     )
     packed = "--data.init_args.tasks.instructions.init_args.packing=true"
     assert "cannot train on packed rows" in (reason(composer, "prompt.yaml", *mixture, packed) or "")

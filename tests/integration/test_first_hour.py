@@ -1,0 +1,101 @@
+"""What a new user sees first: the top-level help (without torch), a fit's console output (no library notices,
+its run folder named at the end), and the warning when online RL starts with no reward spread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from ftlab.callbacks.flat_rewards import FlatRewards
+from ftlab.data import PromptDataModule
+from ftlab.entry import SUBCOMMANDS
+from ftlab.methods import Full
+from ftlab.module import FineTuneModule
+from ftlab.objectives import GRPO
+from ftlab.rewards import FunctionReward
+from tests.conftest import REPO, TINY_LLAMA, quiet_trainer
+
+PROMPTS = REPO / "ftlab" / "assets" / "synthetic_prompts.jsonl"
+NOISE = ("LightningCLI's args parameter", "litlogger", "LeafSpec", "is_gradient_checkpointing", "Loading weights")
+
+
+def ftlab(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ftlab", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_top_level_help_names_ftlab_and_every_subcommand_without_torch() -> None:
+    done = ftlab("--help")
+    assert done.returncode == 0 and done.stdout.startswith(
+        "usage: ftlab {fit,validate,test,predict,export,sweep,results}"
+    )
+    assert all(f"  {name} " in done.stdout for name in SUBCOMMANDS)
+    probe = (
+        "import sys; from ftlab.entry import usage; usage(); print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True
+    )
+    assert imported.stdout.strip() == "[]", imported.stderr
+
+
+def test_an_option_before_the_subcommand_is_one_sentence_with_the_fix() -> None:
+    done = ftlab("--model.method.help", "ftlab.methods.LoRA")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "e.g. ftlab fit --model.method.help ftlab.methods.LoRA" in done.stderr
+
+
+def test_a_fit_is_quiet_and_ends_with_its_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = ftlab(
+        "fit",
+        "--config",
+        "experiments/quickstart.yaml",
+        "--trainer.max_epochs=-1",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.max_length=64",
+        f"--trainer.default_root_dir={run}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [n for n in NOISE if n in done.stdout + done.stderr] == []
+    last = done.stdout.strip().splitlines()[-2:]
+    assert last[0] == "fit stopped: max_steps=2 reached"
+    assert last[1].startswith(f"run folder: {run} (summary.json, trainable.safetensors, config.yaml, logs/metrics.csv")
+
+
+def constant(prompts, completions, completion_ids, **columns) -> list[float]:
+    return [0.0] * len(completions)
+
+
+def ranked(prompts, completions, completion_ids, **columns) -> list[float]:
+    return [float(i) for i in range(len(completions))]
+
+
+@pytest.mark.parametrize("reward, warns", [(constant, True), (ranked, False)])
+def test_flat_rewards_warn_once(reward, warns: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ftlab.models import TinyBackbone
+
+    pl.seed_everything(0)
+    objective = GRPO(rewards=[FunctionReward(reward)], num_generations=2, max_new_tokens=2)
+    module = FineTuneModule(
+        TinyBackbone(config=TINY_LLAMA, vocab_size=512),
+        Full(),
+        objective,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+    )
+    flat = FlatRewards(patience=2)
+    trainer = quiet_trainer(tmp_path, 3, limit_val_batches=0, callbacks=[flat])
+    with caplog.at_level(logging.WARNING, logger="ftlab"):
+        trainer.fit(module, PromptDataModule(train=str(PROMPTS), val_fraction=0.125, batch_size=2, max_length=32))
+    warnings = [r.getMessage() for r in caplog.records if "rollout batches are all equal" in r.getMessage()]
+    assert flat.warned == warns and len(warnings) == int(warns)
+    if warns:
+        assert "the first 2 rollout batches" in warnings[0] and "mean reward 0" in warnings[0]
