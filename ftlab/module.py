@@ -25,6 +25,8 @@ from ftlab import distributed
 from ftlab.errors import FTLabError
 from ftlab.methods.base import Method
 from ftlab.models.backbone import Backbone
+from ftlab.models.compile import apply_speed, check_speed
+from ftlab.models.precision import cast_frozen, check_frozen_dtype, frozen_dtype
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.regularizers.base import Regularizer
 from ftlab.runfolder import load_weights
@@ -73,6 +75,10 @@ class FineTuneModule(pl.LightningModule):
         scheduler: Learning-rate schedule, stepped every optimizer step.
         decay_1d: Apply weight decay to 1-D parameters (biases, norms) too; off by default.
         regularizers: Terms added to the objective's loss at every step (EWC, L2-SP).
+        compile: Compile each transformer block (true, or a dict of torch.compile options); off by default.
+        activation_checkpointing: Recompute each block's activations in the backward pass (less memory).
+        frozen_dtype: Hold the frozen weights in this dtype (bfloat16), the trained ones in float32; needs
+            trainer.precision bf16-mixed. Off by default.
     """
 
     def __init__(
@@ -84,6 +90,9 @@ class FineTuneModule(pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         decay_1d: bool = False,
         regularizers: list[Regularizer] | None = None,
+        compile: bool | dict[str, Any] = False,
+        activation_checkpointing: bool = False,
+        frozen_dtype: str | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -93,6 +102,11 @@ class FineTuneModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.decay_1d = decay_1d
         self.regularizers = nn.ModuleList(regularizers or [])
+        self.compile_blocks = compile
+        self.activation_checkpointing = activation_checkpointing
+        self.frozen_dtype = frozen_dtype
+        check_speed(method, compile, activation_checkpointing)
+        check_frozen_dtype(frozen_dtype, method, None)
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
@@ -126,6 +140,11 @@ class FineTuneModule(pl.LightningModule):
             self.reference_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.model = self.method.apply(model)
         self.objective.setup_model(self.model)
+        if frozen_dtype(self.frozen_dtype) is not None:
+            cast_frozen(self.model, frozen_dtype(self.frozen_dtype), set(self.method.trainable_parameters(self.model)))
+            if self.reference_model is not None:
+                cast_frozen(self.reference_model, frozen_dtype(self.frozen_dtype), set())
+        apply_speed(self.model, self.compile_blocks, self.activation_checkpointing, self.reference_model)
         self.model.train(self.training)  # from_pretrained returns eval mode; Lightning switches modes itself
         strategy = self._trainer.strategy if self._trainer is not None else None
         if distributed.is_ddp(strategy) and self.method.schedules_trainable:
@@ -143,6 +162,7 @@ class FineTuneModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
+        check_frozen_dtype(self.frozen_dtype, self.method, self.trainer.precision)
         for regularizer in self.regularizers:
             regularizer.check(self)
         # several validation sets (a task mixture): each gets its own copy of the objective's metrics
