@@ -26,6 +26,7 @@ from ftlab.errors import FTLabError
 from ftlab.methods.base import Method
 from ftlab.models.backbone import Backbone
 from ftlab.models.compile import apply_speed, check_speed
+from ftlab.models.kernels import apply_liger, check_liger
 from ftlab.models.precision import cast_frozen, check_frozen_dtype, frozen_dtype
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.regularizers.base import Regularizer
@@ -79,6 +80,7 @@ class FineTuneModule(pl.LightningModule):
         activation_checkpointing: Recompute each block's activations in the backward pass (less memory).
         frozen_dtype: Hold the frozen weights in this dtype (bfloat16), the trained ones in float32; needs
             trainer.precision bf16-mixed. Off by default.
+        liger: Liger's Triton kernels for the blocks' RMSNorm, SwiGLU and RoPE (CUDA, `ftlab[liger]`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class FineTuneModule(pl.LightningModule):
         compile: bool | dict[str, Any] = False,
         activation_checkpointing: bool = False,
         frozen_dtype: str | None = None,
+        liger: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -105,6 +108,7 @@ class FineTuneModule(pl.LightningModule):
         self.compile_blocks = compile
         self.activation_checkpointing = activation_checkpointing
         self.frozen_dtype = frozen_dtype
+        self.liger = liger
         check_speed(method, compile, activation_checkpointing)
         check_frozen_dtype(frozen_dtype, method, None)
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
@@ -135,6 +139,8 @@ class FineTuneModule(pl.LightningModule):
             )
         if hasattr(model, "config"):
             model.config.use_cache = False
+        if self.liger:
+            apply_liger(model)
         if self.objective.needs_reference and not self.method.supports_disable:
             # the method cannot switch itself off: keep a frozen copy of the initial weights as reference
             self.reference_model = copy.deepcopy(model).requires_grad_(False).eval()
@@ -163,6 +169,7 @@ class FineTuneModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
         check_frozen_dtype(self.frozen_dtype, self.method, self.trainer.precision)
+        check_liger(self.liger, self.trainer.strategy.root_device)
         for regularizer in self.regularizers:
             regularizer.check(self)
         # several validation sets (a task mixture): each gets its own copy of the objective's metrics

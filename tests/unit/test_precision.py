@@ -58,3 +58,21 @@ def test_activation_checkpointing_gives_the_same_losses(tiny_llama, sft_file, tm
     module, checkpointed = fit(tiny_llama, sft_file, tmp_path / "ckpt", LoRA(r=2), activation_checkpointing=True)
     assert module.model.get_base_model().is_gradient_checkpointing
     assert checkpointed == pytest.approx(plain, abs=1e-5)
+
+
+def test_liger_refused_off_cuda_and_applied_on_cuda(tiny_llama) -> None:
+    from ftlab.models.kernels import apply_liger, check_liger
+
+    with pytest.raises(FTLabError, match="needs a CUDA device"):
+        check_liger(True, torch.device("cpu"))
+    check_liger(False, torch.device("cpu"))
+    if not torch.cuda.is_available():
+        pytest.skip("Liger's Triton kernels run on CUDA only; this machine has no CUDA device")
+    pytest.importorskip("liger_kernel", reason="the optional extra ftlab[liger] is not installed")
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_llama.load_model(AutoModelForCausalLM).cuda()
+    ids = torch.randint(3, 500, (2, 16), device="cuda")
+    expected = model(input_ids=ids).logits
+    apply_liger(model)
+    torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
