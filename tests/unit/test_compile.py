@@ -13,6 +13,7 @@ import torch
 from ftlab.data import PreferenceDataModule, SFTDataModule
 from ftlab.errors import FTLabError
 from ftlab.methods import AdapterSequential, Full, LoRA, PrefixTuning, QLoRA
+from ftlab.models.anatomy import find_blocks
 from ftlab.models.compile import check_speed, compile_options
 from ftlab.module import FineTuneModule
 from ftlab.objectives import DPO, SFT
@@ -76,8 +77,8 @@ def test_compiled_losses_equal_eager(method, objective, tiny_llama, tmp_path) ->
     compiled, module = run(tiny_llama, METHODS[method], make_objective, data, tmp_path / "compiled", compile=True)
     assert len(eager) == len(compiled) == 3
     assert compiled == pytest.approx(eager, abs=1e-4)
-    path = "base_model.model.model.layers" if method != "full" else "model.layers"
-    assert module.model.get_submodule(path)[0]._compiled_call_impl is not None
+    _, blocks = find_blocks(module.model)
+    assert all(block._compiled_call_impl is not None for block in blocks)
 
 
 @pytest.mark.slow
