@@ -6,6 +6,7 @@ Called from `FineTuneModule.configure_model` so that strategies can shard what i
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -15,7 +16,21 @@ from ftlab import distributed
 from ftlab.errors import FTLabError
 from ftlab.methods.base import Method
 from ftlab.models.backbone import Backbone
+from ftlab.models.compile import apply_speed
+from ftlab.models.kernels import apply_liger
+from ftlab.models.precision import cast_frozen, frozen_dtype
 from ftlab.objectives.base import Objective
+
+
+@dataclass
+class Speed:
+    """The module's speed and memory options (see `FineTuneModule`): compiled blocks, recomputed activations,
+    frozen weights held in a lower dtype, Liger kernels."""
+
+    compile: bool | dict[str, Any] = field(default=False)
+    activation_checkpointing: bool = False
+    frozen_dtype: str | None = None
+    liger: bool = False
 
 
 def load_backbone(backbone: Backbone, method: Method, objective: Objective, tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -40,16 +55,26 @@ def build_models(
     strategy: Any,
     mesh: Any,
     training: bool,
+    speed: Speed | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
     """(the policy with the method applied and the objective's heads built, a frozen reference copy or None),
-    sharded over `mesh` under a sharding strategy."""
+    with the speed options applied, sharded over `mesh` under a sharding strategy."""
+    speed = speed or Speed()
     model = load_backbone(backbone, method, objective, tokenizer)
+    if speed.liger:
+        apply_liger(model)
     reference = None
     if objective.needs_reference and not method.supports_disable:
         # the method cannot switch itself off: keep a frozen copy of the initial weights as reference
         reference = copy.deepcopy(model).requires_grad_(False).eval()
     model = method.apply(model)
     objective.setup_model(model)
+    dtype = frozen_dtype(speed.frozen_dtype)
+    if dtype is not None:
+        cast_frozen(model, dtype, set(method.trainable_parameters(model)))
+        if reference is not None:
+            cast_frozen(reference, dtype, set())
+    apply_speed(model, speed.compile, speed.activation_checkpointing, reference)
     model.train(training)  # from_pretrained returns eval mode; Lightning switches modes itself
     if distributed.is_ddp(strategy) and method.schedules_trainable:
         # DDP registers the parameters that require grad when it wraps the model (after this hook):

@@ -27,8 +27,11 @@ from ftlab import trainable_weights as weights
 from ftlab.composition import check_composition
 from ftlab.loss_check import check_finite
 from ftlab.methods.base import Method
-from ftlab.model_build import build_models
+from ftlab.model_build import Speed, build_models
 from ftlab.models.backbone import Backbone
+from ftlab.models.compile import check_speed
+from ftlab.models.kernels import check_liger
+from ftlab.models.precision import check_frozen_dtype
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.penalties import Penalties, penalties
 from ftlab.regularizers.base import Regularizer
@@ -48,6 +51,11 @@ class FineTuneModule(pl.LightningModule):
         scheduler: Learning-rate schedule, stepped every optimizer step.
         decay_1d: Apply weight decay to 1-D parameters (biases, norms) too; off by default.
         regularizers: Terms added to the objective's loss at every step (EWC, L2-SP).
+        compile: Compile each transformer block (true, or a dict of torch.compile options); off by default.
+        activation_checkpointing: Recompute each block's activations in the backward pass (less memory).
+        frozen_dtype: Hold the frozen weights in this dtype (bfloat16), the trained ones in float32; needs
+            trainer.precision bf16-mixed. Off by default.
+        liger: Liger's Triton kernels for the blocks' RMSNorm, SwiGLU and RoPE (CUDA, `ftlab[liger]`).
     """
 
     def __init__(
@@ -59,6 +67,10 @@ class FineTuneModule(pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         decay_1d: bool = False,
         regularizers: list[Regularizer] | None = None,
+        compile: bool | dict[str, Any] = False,
+        activation_checkpointing: bool = False,
+        frozen_dtype: str | None = None,
+        liger: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -68,6 +80,12 @@ class FineTuneModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.decay_1d = decay_1d
         self.regularizers = nn.ModuleList(regularizers or [])
+        self.compile_blocks = compile
+        self.activation_checkpointing = activation_checkpointing
+        self.frozen_dtype = frozen_dtype
+        self.liger = liger
+        check_speed(method, compile, activation_checkpointing)
+        check_frozen_dtype(frozen_dtype, method, None)
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
@@ -89,11 +107,20 @@ class FineTuneModule(pl.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         mesh = getattr(self, "_device_mesh", None)
         self.model, self.reference_model = build_models(
-            self.backbone, self.method, self.objective, self.tokenizer, strategy, mesh, self.training
+            self.backbone,
+            self.method,
+            self.objective,
+            self.tokenizer,
+            strategy,
+            mesh,
+            self.training,
+            Speed(self.compile_blocks, self.activation_checkpointing, self.frozen_dtype, self.liger),
         )
 
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
+        check_frozen_dtype(self.frozen_dtype, self.method, self.trainer.precision)
+        check_liger(self.liger, self.trainer.strategy.root_device)
         for regularizer in self.regularizers:
             regularizer.check(self)
         # several validation sets (a task mixture): each gets its own copy of the objective's metrics

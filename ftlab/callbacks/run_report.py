@@ -1,9 +1,19 @@
 """RunReport: measures a run and writes its summary, final weights and DONE marker.
 
 Throughput counts non-padding tokens (counted at collate time on the host, so measuring costs no
-device sync) and is logged as `perf/tokens_per_sec` every `log_every_n_steps`. Peak memory is the
-CUDA allocator's peak on a GPU, and the process's peak resident set size on CPU (which includes
-the Python runtime and libraries: compare CPU numbers only with each other).
+device sync) and is logged as `perf/tokens_per_sec` every `log_every_n_steps`.
+
+Memory is reported twice, named by where it is held:
+
+- `peak_device_memory_mb` / `peak_device_reserved_mb`: the accelerator allocator's peak of allocated and
+  of reserved memory (`torch.cuda.max_memory_allocated` / `max_memory_reserved`), read when training ends,
+  while the module is still on its device (Lightning moves it back to the CPU before `on_fit_end`);
+  None on a CPU run.
+- `peak_host_memory_mb`: the process's peak resident set size (which includes the Python runtime and
+  libraries: compare host numbers only with each other).
+
+`peak_memory_mb` is the one results tables and plots use: the device peak where there is one, else the
+host's; `peak_memory_kind` says which (`device_allocated` or `host_rss`).
 """
 
 from __future__ import annotations
@@ -38,11 +48,31 @@ def _scalar(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return rss_kb / 1024, "cpu_peak_rss"
+def peak_host_memory_mb() -> float:
+    """The process's peak resident set size in MiB (ru_maxrss is in kilobytes on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_device_memory_mb(device: torch.device) -> dict[str, float] | None:
+    """The CUDA allocator's peaks on `device` since the last reset, in MiB; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return {
+        "allocated": torch.cuda.max_memory_allocated(device) / 2**20,
+        "reserved": torch.cuda.max_memory_reserved(device) / 2**20,
+    }
+
+
+def memory_report(device_peak: dict[str, float] | None, host_peak: float) -> dict[str, Any]:
+    """The summary's memory fields: device and host peaks named as such, and the one tables use."""
+    device = device_peak or {}
+    return {
+        "peak_memory_mb": device.get("allocated", host_peak),
+        "peak_memory_kind": "device_allocated" if device_peak else "host_rss",
+        "peak_device_memory_mb": device.get("allocated"),
+        "peak_device_reserved_mb": device.get("reserved"),
+        "peak_host_memory_mb": host_peak,
+    }
 
 
 class RunReport(pl.Callback):
@@ -59,6 +89,7 @@ class RunReport(pl.Callback):
         self._fit_start = 0.0
         self._train_time = 0.0
         self._paused_at = 0.0
+        self._device_peak: dict[str, float] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "curve": self.curve, "train_time": self._train_time}
@@ -109,6 +140,10 @@ class RunReport(pl.Callback):
         self._train_time += time.perf_counter() - self._window_start
         self._window_start = time.perf_counter()
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the last hook before teardown moves the module off its device: the allocator's peak is read here
+        self._device_peak = peak_device_memory_mb(pl_module.device)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from ftlab.callbacks.preemption import preempted
 
@@ -126,7 +161,6 @@ class RunReport(pl.Callback):
     def summary(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Any]:
         trainable, total = pl_module.count_parameters()
         metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
-        memory, memory_kind = peak_memory_mb(pl_module.device)
         datamodule = trainer.datamodule
         return {
             "method": pl_module.method.name,
@@ -138,8 +172,7 @@ class RunReport(pl.Callback):
             "epochs": trainer.current_epoch,
             "tokens_seen": self.tokens * trainer.world_size,
             "tokens_per_sec": self.tokens * trainer.world_size / self._train_time if self._train_time else None,
-            "peak_memory_mb": memory,
-            "peak_memory_kind": memory_kind,
+            **memory_report(self._device_peak, peak_host_memory_mb()),
             "wall_seconds": time.perf_counter() - self._fit_start,
             "train_loss": self.curve[-1][1] if self.curve else metrics.get("train/loss"),
             "train_loss_first": self.curve[0][1] if self.curve else None,

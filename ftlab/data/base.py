@@ -58,6 +58,8 @@ class FineTuneDataModule(pl.LightningDataModule):
         seed: Seed of the validation split and of a random `limit`.
         num_workers: DataLoader worker processes.
         tokenizer: A tokenizer name or folder; defaults to the run's backbone tokenizer.
+        pad_to_multiple_of: Pad each batch to a multiple of this many tokens (length buckets: with
+            `model.compile`, each distinct width may compile once more); off by default.
     """
 
     batch_type: ClassVar[type]
@@ -75,8 +77,12 @@ class FineTuneDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         tokenizer: str | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         super().__init__()
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise FTLabError(f"data pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
+        self.pad_to_multiple_of = pad_to_multiple_of
         if not 0.0 <= val_fraction < 1.0:
             raise FTLabError(f"data val_fraction must be in [0, 1), got {val_fraction}")
         if max_length < 2:
@@ -100,6 +106,15 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.train_set: list[Any] | None = None
         self.val_set: list[Any] = []
         self.stats: dict[str, int] = {}
+
+    def batch_width(self, longest: int) -> int:
+        """The padded width of a batch whose longest row has `longest` tokens: rounded up to a multiple of
+        `pad_to_multiple_of` (length buckets: a compiled model sees few distinct shapes), at most max_length
+        unless a row is longer."""
+        if not self.pad_to_multiple_of:
+            return longest
+        rounded = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return max(longest, min(rounded, self.max_length))
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:

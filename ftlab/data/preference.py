@@ -218,7 +218,7 @@ class PreferenceDataModule(FineTuneDataModule):
     def collate(self, examples: list[PairExample]) -> PreferenceBatch:
         halves = [(ex.prompt_ids, ex.chosen_ids, ex.chosen_labels) for ex in examples]
         halves += [(ex.prompt_ids, ex.rejected_ids, ex.rejected_labels) for ex in examples]
-        width = max(len(prompt) + len(answer) for prompt, answer, _ in halves)  # one width for both halves
+        width = self.batch_width(max(len(prompt) + len(answer) for prompt, answer, _ in halves))  # both halves
         ids = torch.full((len(halves), width), self.tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((len(halves), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(halves), width), dtype=torch.long)

@@ -155,7 +155,7 @@ class SFTDataModule(FineTuneDataModule):
         return packed
 
     def collate(self, examples: list[Example]) -> SFTBatch:
-        width = max(len(ex.input_ids) for ex in examples)
+        width = self.batch_width(max(len(ex.input_ids) for ex in examples))
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(examples), width), pad, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)

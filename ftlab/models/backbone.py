@@ -61,7 +61,9 @@ class Pretrained(Backbone):
         dtype: Weights dtype: float32, bfloat16, float16, or auto (as saved).
         trust_remote_code: Run modelling code shipped with the checkpoint. Off unless you trust it.
         revision: Hub revision (branch, tag or commit) to pin.
-        attn_implementation: Attention kernel: sdpa, eager, flash_attention_2.
+        attn_implementation: Attention kernel: sdpa, eager, flash_attention_2, flex_attention. With packing,
+            flex_attention and flash_attention_2 read the documents from position ids (a block mask or varlen
+            kernels); sdpa needs a dense block-diagonal mask, its slow path on a GPU.
     """
 
     def __init__(

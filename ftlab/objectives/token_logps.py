@@ -4,8 +4,9 @@ Every objective that scores tokens (SFT, DPO, GRPO, PPO) needs log p(token) at s
 the answer, or the completion. The head (hidden → vocabulary) and the log-softmax are the biggest
 per-position costs after the blocks, so `labelled_logps` runs the blocks once, gathers the final hidden
 states of the M positions that predict a label ([M, H], row by row: no prompt and no padding) and
-applies the head there as one 2-D matmul ([M, H] @ [H, V]). Its log-probabilities equal those of the
-full logits up to float rounding (the same products, summed in another order).
+applies the head there in chunks of rows (`chunked_logps.head_logps`: the float32 [M, V] logits never
+exist at once). Its log-probabilities equal those of the full logits up to float rounding (the same
+products, summed in another order).
 
 Where the hidden states do not map one-to-one to the head's input (prompt tuning adds virtual tokens, so
 there are more hidden states than inputs; a model that scales or soft-caps its logits), the head runs on
@@ -20,8 +21,9 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ftlab.objectives.chunked_logps import head_logps, picked_logps
 
 IGNORE = -100
 
@@ -57,12 +59,6 @@ def labelled_logits(
         **kwargs,
     )
     return out.logits[:, -(width - start) :], labels[:, start:]
-
-
-def picked_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] per row: [M, V], [M] -> [M], in float32 at least (one fused log-softmax + NLL
-    kernel forward and backward, rather than logsumexp, gather and their backward as separate ops)."""
-    return -F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +110,7 @@ def labelled_logps(
     targets = labels[:, 1:]
     mask = targets != IGNORE
     hidden = out.hidden_states[-1][:, :-1][mask]  # [M, H]: the positions that predict a label
-    logps = picked_logps(model.get_output_embeddings()(hidden), targets[mask])
+    logps = head_logps(model.get_output_embeddings(), hidden, targets[mask])  # chunked: no [M, V] at once
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
     return logps, rows
 

@@ -70,6 +70,8 @@ def collect(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if (run / runfolder.DONE).is_file() and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             row |= {"status": "done", **{k: summary.get(k) for k in COSTS}, **summary.get("metrics", {})}
+            if summary.get("peak_device_memory_mb") is not None:  # the accelerator's peak, where there was one
+                row["peak_memory_mb"] = summary["peak_device_memory_mb"]
         else:
             row["status"] = "failed" if run.exists() else "missing"
         rows.append(row)

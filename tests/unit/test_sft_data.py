@@ -111,3 +111,15 @@ def test_bad_input_names_file_row_or_key(tokenizer, tmp_path: Path, content, kwa
         path.write_text(content)
     with pytest.raises(FTLabError, match=message):
         make(tokenizer, path, **kwargs)
+
+
+def test_pad_to_multiple_of_buckets_batch_widths(tokenizer, sft_file: Path) -> None:
+    plain = make(tokenizer, sft_file, max_length=64)
+    bucketed = make(tokenizer, sft_file, max_length=64, pad_to_multiple_of=16)
+    for start in range(0, 8, 2):
+        rows = plain.train_set[start : start + 2]
+        a, b = plain.collate(rows), bucketed.collate(rows)
+        longest = a.input_ids.shape[1]
+        assert b.input_ids.shape[1] == min(-(-longest // 16) * 16, 64)
+        assert torch.equal(b.input_ids[:, :longest], a.input_ids) and (b.labels[:, longest:] == IGNORE).all()
+        assert b.num_tokens == a.num_tokens
