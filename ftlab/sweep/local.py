@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TextIO
@@ -18,12 +17,10 @@ from typing import TextIO
 from ftlab import runfolder
 from ftlab.sweep.manifest import LOGS, Entry, is_done, resume_argv
 
-FIT = [sys.executable, "-m", "ftlab", "fit"]
 
-
-def _start(entry: Entry, study_dir: Path, program: list[str]) -> tuple[subprocess.Popen, TextIO]:
+def _start(entry: Entry, study_dir: Path, program: list[str] | None) -> tuple[subprocess.Popen, TextIO]:
     run_dir = Path(entry.run_dir)
-    argv = [*program, *entry.argv, *resume_argv(run_dir)]
+    argv = [*(program or [entry.python, "-m", "ftlab", "fit"]), *entry.argv, *resume_argv(run_dir)]
     log = (study_dir / LOGS / f"{entry.id}.log").open("a")
     log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {runfolder.redact(entry.command)}\n")
     log.flush()
@@ -31,9 +28,12 @@ def _start(entry: Entry, study_dir: Path, program: list[str]) -> tuple[subproces
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
-def run_local(entries: list[Entry], study_dir: Path, parallel: int = 1, program: list[str] = FIT) -> dict[str, str]:
+def run_local(
+    entries: list[Entry], study_dir: Path, parallel: int = 1, program: list[str] | None = None
+) -> dict[str, str]:
     """Run every cell not yet done; returns each cell's status: done-before, done, or failed (exit N).
-    `program` is what each cell's arguments follow (`python -m ftlab fit`; tests put a stand-in there)."""
+    `program` is what each cell's arguments follow (default: the manifest's interpreter `-m ftlab fit`;
+    tests put a stand-in there)."""
     status: dict[str, str] = {}
     todo = []
     for entry in entries:

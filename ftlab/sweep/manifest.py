@@ -1,9 +1,10 @@
 """The manifest: one line per cell, with a stable run id and the exact command that runs it.
 
-    <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "command"} per cell
+    <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "python", "command"} per cell
     <study dir>/commands.tsv     id, run folder, command to show (redacted) and command per line (line i+1 =
                                  cell i; read by SLURM, which logs the shown one and runs the last)
-    <study dir>/study.json       what results need: name, metric, report, mode, seed axis, axis names, skipped cells
+    <study dir>/study.json       what results need: name, metric, report, mode, seed axis, axis names, skipped
+                                 cells; and the environment (interpreter, prefix, virtual env) that wrote it
     <study dir>/runs/<id>/       each cell's run folder (trainer.default_root_dir)
     <study dir>/logs/<id>.log    each cell's output
 
@@ -23,7 +24,8 @@ import json
 import os
 import re
 import shlex
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,14 @@ class Entry:
     axes: dict[str, str]
     run_dir: str
     argv: list[str]
+    python: str = field(default_factory=lambda: sys.executable)
 
     @property
     def command(self) -> str:
-        return shlex.join(["python", "-m", "ftlab", "fit", *self.argv])
+        """The cell's command, run by the interpreter that wrote the manifest: a job on another node or
+        under SLURM finds ftlab and its dependencies even when that interpreter's virtual environment is
+        not activated there."""
+        return shlex.join([self.python, "-m", "ftlab", "fit", *self.argv])
 
 
 def arg_value(value: Any) -> str:
@@ -109,8 +115,14 @@ def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> 
     meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
     meta["report"] = study.report
     meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}
+    meta["environment"] = environment()
     runfolder.write_json(out / STUDY, meta)
     (out / LOGS).mkdir(parents=True, exist_ok=True)
+
+
+def environment() -> dict[str, Any]:
+    """The interpreter and environment that wrote the manifest (and run its cells)."""
+    return {"python": sys.executable, "prefix": sys.prefix, "virtual_env": os.environ.get("VIRTUAL_ENV")}
 
 
 def read(study_dir: Path) -> tuple[dict[str, Any], list[Entry]]:
@@ -118,7 +130,8 @@ def read(study_dir: Path) -> tuple[dict[str, Any], list[Entry]]:
     if not manifest.is_file() or not meta_path.is_file():
         raise FTLabError(f"{study_dir} is not a study folder (no {MANIFEST} or {STUDY}); run `ftlab sweep` first")
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    entries = [Entry(r["index"], r["id"], r["axes"], r["run_dir"], r["argv"]) for r in rows]
+    # a manifest written before the interpreter was recorded ran `python` from the PATH
+    entries = [Entry(r["index"], r["id"], r["axes"], r["run_dir"], r["argv"], r.get("python", "python")) for r in rows]
     return json.loads(meta_path.read_text()), entries
 
 

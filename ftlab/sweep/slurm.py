@@ -93,7 +93,7 @@ def render(study: Study, config: Any) -> str:
         "COMMANDS": shlex.quote(str(out / COMMANDS)),
         "LOGS": shlex.quote(str(out / LOGS)),
         "SETUP": str(spec.get("setup", "")),
-        "LAUNCH": "srun" if tasks * nodes > 1 else "",
+        "LAUNCH": "srun --kill-on-bad-exit=1" if tasks * nodes > 1 else "",
     }
     text = template.read_text()
     for key, value in fields.items():
