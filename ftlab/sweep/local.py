@@ -8,6 +8,7 @@ with secrets redacted.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -16,6 +17,8 @@ from typing import TextIO
 
 from ftlab import runfolder
 from ftlab.sweep.manifest import LOGS, Entry, is_done, resume_argv
+
+LOAD = "logs/host_load.jsonl"  # the host's load average as each run ended (results note a busy host)
 
 
 def _start(entry: Entry, study_dir: Path, program: list[str] | None) -> tuple[subprocess.Popen, TextIO]:
@@ -57,6 +60,9 @@ def run_local(
             log.close()
             del running[cid]
             ok = code == 0 and is_done(Path(entries_by_id[cid].run_dir))
+            load = {"id": cid, "load1": os.getloadavg()[0], "cpus": os.cpu_count() or 1, "parallel": parallel}
+            with (study_dir / LOAD).open("a") as file:
+                file.write(json.dumps(load) + "\n")
             status[cid] = "done" if ok else f"failed (exit {code})"
             print(f"ftlab sweep: {status[cid]:<16} {cid} in {time.perf_counter() - started:.1f} s", flush=True)
     return status

@@ -48,6 +48,9 @@ class Entry:
     run_dir: str
     argv: list[str]
     python: str = field(default_factory=lambda: sys.executable)
+    group: str = ""  # the tuning group (tune.by's labels) of a cell or a trial
+    tuned: dict[str, Any] = field(default_factory=dict)  # a cell: its group's best values; a trial: its values
+    trials: int = 0  # a cell: how many trials its group's tuning had
 
     @property
     def command(self) -> str:
@@ -104,14 +107,18 @@ def shown(command: str) -> str:
     return runfolder.redact(command).replace("\t", "\\t").replace("\n", "\\n")
 
 
-def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
-    out = study.output
+def write_entries(out: Path, entries: list[Entry], manifest: str = MANIFEST, commands: str = COMMANDS) -> None:
     lines = [json.dumps({**asdict(e), "command": e.command}) + "\n" for e in entries]
     # both are executed as written (the local launcher runs the manifest's argv, SLURM runs commands.tsv):
     # a secret passed as an argument must reach the run, so these two are not redacted
-    runfolder.write_text(out / MANIFEST, "".join(lines), redact_secrets=False)
-    commands = "".join(f"{e.id}\t{e.run_dir}\t{shown(e.command)}\t{e.command}\n" for e in entries)
-    runfolder.write_text(out / COMMANDS, commands, redact_secrets=False)
+    runfolder.write_text(out / manifest, "".join(lines), redact_secrets=False)
+    tsv = "".join(f"{e.id}\t{e.run_dir}\t{shown(e.command)}\t{e.command}\n" for e in entries)
+    runfolder.write_text(out / commands, tsv, redact_secrets=False)
+
+
+def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
+    out = study.output
+    write_entries(out, entries)
     meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
     meta["report"] = study.report
     meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}
@@ -129,10 +136,26 @@ def read(study_dir: Path) -> tuple[dict[str, Any], list[Entry]]:
     meta_path, manifest = study_dir / STUDY, study_dir / MANIFEST
     if not manifest.is_file() or not meta_path.is_file():
         raise FTLabError(f"{study_dir} is not a study folder (no {MANIFEST} or {STUDY}); run `ftlab sweep` first")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return json.loads(meta_path.read_text()), read_entries(manifest)
+
+
+def read_entries(path: Path) -> list[Entry]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     # a manifest written before the interpreter was recorded ran `python` from the PATH
-    entries = [Entry(r["index"], r["id"], r["axes"], r["run_dir"], r["argv"], r.get("python", "python")) for r in rows]
-    return json.loads(meta_path.read_text()), entries
+    return [
+        Entry(
+            r["index"],
+            r["id"],
+            r["axes"],
+            r["run_dir"],
+            r["argv"],
+            r.get("python", "python"),
+            r.get("group", ""),
+            r.get("tuned", {}),
+            r.get("trials", 0),
+        )
+        for r in rows
+    ]
 
 
 def is_done(run_dir: Path) -> bool:

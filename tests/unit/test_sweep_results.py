@@ -69,7 +69,7 @@ def test_results_group_over_seeds_and_write_every_file(tmp_path: Path) -> None:
     assert len(cells) == 5 and cells[0].startswith("method,seed,id,status") and ",failed" in cells[4]
     table = (out / "table.md").read_text()
     # full: mean 2.5 over [2, 3], s = 0.7071, half-width 12.7062 * 0.7071 / sqrt(2) = 6.353
-    assert "| full | 2 | 2.5 ± 6.4 | 100 | 50.5 | 10 |" in table
+    assert "| full | 2 | 2.5 ± 6.4 | 100 | 50.5 ± 6.4 | 10 ± 0 |" in table  # memory and wall time with spread
     assert "| lora | 1 | 2.5 | 10 | 52 | 10 |" in table
     assert "1 of 4 cells have no result yet: lora-1-00000003" in table
 
