@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TextIO
 
 from ftlab import runfolder
+from ftlab.callbacks.reference_cache import SHARED
 from ftlab.sweep.manifest import LOGS, Entry, is_done, resume_argv
 
+REFERENCES = "reference_cache"  # reference log-probs shared by the study's runs (DPO's precompute_reference)
 LOAD = "logs/host_load.jsonl"  # the host's load average as each run ended (results note a busy host)
 
 
@@ -27,7 +29,7 @@ def _start(entry: Entry, study_dir: Path, program: list[str] | None) -> tuple[su
     log = (study_dir / LOGS / f"{entry.id}.log").open("a")
     log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {runfolder.redact(entry.command)}\n")
     log.flush()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SHARED: str((study_dir / REFERENCES).resolve())}
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 

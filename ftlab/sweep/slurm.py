@@ -93,6 +93,7 @@ def render(study: Study, config: Any, commands: str = COMMANDS) -> str:
         "WORKDIR": shlex.quote(str(Path.cwd())),
         "COMMANDS": shlex.quote(str(out / commands)),
         "LOGS": shlex.quote(str(out / LOGS)),
+        "REFERENCES": shlex.quote(str(out / "reference_cache")),
         "SETUP": str(spec.get("setup", "")),
         "LAUNCH": "srun --kill-on-bad-exit=1" if tasks * nodes > 1 else "",
     }
