@@ -240,3 +240,41 @@ def test_train_sbatch_runs_ddp_over_two_srun_tasks(cluster: Path, tmp_path: Path
     assert "distributed_backend=gloo" in text, text[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert (run / "DONE").exists() and summary["steps"] == 2 and summary["strategy"] == "DDPStrategy"
+
+
+def test_a_tuning_stage_runs_as_arrays_and_continues_by_itself(
+    cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials as one array, a dependent job that calls the sweep again, which submits the cells at the best
+    value; runs go through the scoring stand-in of test_sweep_tune (best learning rate 1e-3)."""
+    from tests.unit.test_sweep_tune import FAKE_FIT, write_study
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    real = shutil.which("python3") or "python3"
+    code = tmp_path / "fake_fit.py"
+    code.write_text(FAKE_FIT)
+    fake = tmp_path / "python"  # the interpreter the manifests record: fits are the stand-in, sweeps are real
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$3" = sweep ]; then shift 2; exec {real} -c "import sys; sys.executable = sys.argv.pop(1); '
+        f'from ftlab.cli import main; main(sys.argv[1:])" "$0" "$@"; fi\n'
+        f'shift 3\nexec {real} {code} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(fake))
+    path = write_study(tmp_path, {"params": {"lr": {"key": "model.optimizer.init_args.lr", "values": [1e-4, 1e-3]}}})
+    spec = yaml.safe_load(path.read_text())
+    spec["axes"]["method"] = spec["axes"]["method"][:1]
+    spec["launcher"] = {"slurm": {"time": "00:10:00", "cpus_per_task": 1}}
+    path.write_text(yaml.safe_dump(spec))
+    main(["sweep", str(path), "--launcher", "slurm"])
+    out = tmp_path / "study"
+    wait_for(lambda: (out / "manifest.jsonl").exists() and not slurm("squeue", "-h").strip(), 300, "no cells ran")
+    cells = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    logs = "".join(p.read_text() for p in (out / "logs").glob("continue-*.out"))
+    assert [c["tuned"] for c in cells] == [{"lr": 0.001}, {"lr": 0.001}] and all(c["trials"] == 2 for c in cells), logs
+    assert all((Path(c["run_dir"]) / "DONE").exists() for c in cells), logs
+    assert (out / "trials.sbatch").exists() and (out / "array.sbatch").exists()
+    main(["results", str(out)])
+    assert "| lora | lr=0.001 (2) | 2 |" in (out / "results" / "table.md").read_text()
