@@ -55,7 +55,12 @@ class FineTuneDataModule(pl.LightningDataModule):
             the validation set is the same at every budget (a study's budget axis compares like with
             like); otherwise rows are counted as read, before filtering, and only those are read.
         limit_random: Draw the `limit` rows at random (seeded) instead of taking the first ones.
-        seed: Seed of the validation split and of a random `limit`.
+        seed: Seed of the validation split, the selection split and a random `limit`.
+        selection_fraction: Share of the training rows (all of them, before `limit`) held out as a selection
+            split for choosing hyper-parameters, drawn after the validation split: the validation rows are
+            the same with or without it, and never seen while tuning.
+        evaluate_on: `val` (the default) or `selection`: the split the validation loop runs on (logged under
+            `val/`). A study's tuning trials score on `selection`; its reported runs on `val`.
         num_workers: DataLoader worker processes.
         tokenizer: A tokenizer name or folder; defaults to the run's backbone tokenizer.
         pad_to_multiple_of: Pad each batch to a multiple of this many tokens (length buckets: with
@@ -78,6 +83,8 @@ class FineTuneDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         tokenizer: str | None = None,
         pad_to_multiple_of: int | None = None,
+        selection_fraction: float = 0.0,
+        evaluate_on: str = "val",
     ) -> None:
         super().__init__()
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
@@ -85,6 +92,12 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         if not 0.0 <= val_fraction < 1.0:
             raise FTLabError(f"data val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0.0 <= selection_fraction < 1.0:
+            raise FTLabError(f"data selection_fraction must be in [0, 1), got {selection_fraction}")
+        if evaluate_on not in ("val", "selection"):
+            raise FTLabError(f"data evaluate_on must be val or selection, got {evaluate_on!r}")
+        if evaluate_on == "selection" and selection_fraction == 0.0:
+            raise FTLabError("data evaluate_on=selection needs a selection split: set data selection_fraction")
         if max_length < 2:
             raise FTLabError(f"data max_length must be at least 2 tokens, got {max_length}")
         self.train_specs = _as_list(train)
@@ -102,6 +115,9 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.tokenizer_name = tokenizer
+        self.selection_fraction = selection_fraction
+        self.evaluate_on = evaluate_on
+        self.selection_set: list[Any] = []
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.train_set: list[Any] | None = None
         self.val_set: list[Any] = []
@@ -220,13 +236,33 @@ class FineTuneDataModule(pl.LightningDataModule):
             held = set(order[:n_val])
             val = [ex for i, ex in enumerate(train) if i in held]
             train = [ex for i, ex in enumerate(train) if i not in held]
+        train, selection = self._split_selection(train)
         if split_first:
             train = self._budget(train)
         self.train_set = self.numbered(self.finalize(train, train=True))
         self.val_set = self.numbered(self.finalize(val, train=False))
+        if selection:
+            self.selection_set = self.numbered(self.finalize(selection, train=False))
+            self.stats["selection_examples"] = len(self.selection_set)
+            if self.evaluate_on == "selection":
+                self.val_set = self.selection_set
         self.stats["train_examples"] = len(self.train_set)
         self.stats["val_examples"] = len(self.val_set)
         log.info("data: %s", self.describe_stats())
+
+    def _split_selection(self, train: list[Any]) -> tuple[list[Any], list[Any]]:
+        """(training examples, selection examples): `selection_fraction` of the rows left after the validation
+        split, drawn with its own seeded order so that the validation split does not move."""
+        if self.selection_fraction == 0.0:
+            return train, []
+        order = list(range(len(train)))
+        random.Random(f"selection-{self.seed}").shuffle(order)
+        n = max(1, round(len(train) * self.selection_fraction))
+        if n >= len(train):
+            fraction = self.selection_fraction
+            raise FTLabError(f"data selection_fraction={fraction} leaves no training row of {len(train)}")
+        held = set(order[:n])
+        return [ex for i, ex in enumerate(train) if i not in held], [ex for i, ex in enumerate(train) if i in held]
 
     def train_dataloader(self) -> DataLoader:
         # order = f(data seed, run seed, epoch), and resumable inside an epoch (see ftlab.data.resumable)

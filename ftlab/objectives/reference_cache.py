@@ -4,11 +4,16 @@ DPO's reference model never changes, so its answer log-probabilities can be comp
 the data instead of one extra forward pass per step. They are saved to
 `<run folder>/reference_logps.safetensors` (atomically) and read back on resume. Every rank computes
 the whole table (one pass, no communication), keyed by each pair's index in its split.
+
+Runs that share backbone and data share the table: where FTLAB_REFERENCE_CACHE names a folder (a study sets
+it to `<study dir>/reference_cache` for every cell), a table is also kept there under its fingerprint and the
+objective's class, and a run that finds its own there reads it instead of computing it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,15 @@ from torch.utils.data import DataLoader
 from ftlab import runfolder
 
 FILE = "reference_logps.safetensors"
+SHARED = "FTLAB_REFERENCE_CACHE"
+
+
+def shared_path(key: str, objective: Any) -> Path | None:
+    """Where runs sharing backbone, data and objective keep one table; None without FTLAB_REFERENCE_CACHE."""
+    folder = os.environ.get(SHARED)
+    if not folder:
+        return None
+    return Path(folder) / f"{type(objective).__qualname__}-{key[:32]}.safetensors"
 
 
 class ReferenceCache(pl.Callback):
@@ -45,13 +59,21 @@ class ReferenceCache(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         path = Path(trainer.default_root_dir) / FILE
         key = self.fingerprint(trainer, pl_module)
+        shared = shared_path(key, self.objective)
         if path.is_file() and runfolder.weights_metadata(path).get("fingerprint") == key:
             table = runfolder.load_weights(path)
+        elif shared is not None and shared.is_file() and runfolder.weights_metadata(shared).get("fingerprint") == key:
+            table = runfolder.load_weights(shared)  # another run of the study computed it
+            if trainer.is_global_zero:
+                runfolder.save_weights(path, table, metadata={"fingerprint": key})
         else:  # absent, or computed for other data or another model: recompute
             with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed from the global RNG
                 table = self.compute(trainer, pl_module)
             if trainer.is_global_zero:
                 runfolder.save_weights(path, table, metadata={"fingerprint": key})
+                if shared is not None:
+                    shared.parent.mkdir(parents=True, exist_ok=True)
+                    runfolder.save_weights(shared, table, metadata={"fingerprint": key})
         self.objective.reference_table = {k: v.to(pl_module.device) for k, v in table.items()}
         pl_module.reference_model = None  # the table replaces a frozen copy: free its memory
 

@@ -8,32 +8,37 @@ with secrets redacted.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
 from ftlab import runfolder
+from ftlab.objectives.reference_cache import SHARED
 from ftlab.sweep.manifest import LOGS, Entry, is_done, resume_argv
 
-FIT = [sys.executable, "-m", "ftlab", "fit"]
+REFERENCES = "reference_cache"  # reference log-probs shared by the study's runs (DPO's precompute_reference)
+LOAD = "logs/host_load.jsonl"  # the host's load average as each run ended (results note a busy host)
 
 
-def _start(entry: Entry, study_dir: Path, program: list[str]) -> tuple[subprocess.Popen, TextIO]:
+def _start(entry: Entry, study_dir: Path, program: list[str] | None) -> tuple[subprocess.Popen, TextIO]:
     run_dir = Path(entry.run_dir)
-    argv = [*program, *entry.argv, *resume_argv(run_dir)]
+    argv = [*(program or [entry.python, "-m", "ftlab", "fit"]), *entry.argv, *resume_argv(run_dir)]
     log = (study_dir / LOGS / f"{entry.id}.log").open("a")
     log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {runfolder.redact(entry.command)}\n")
     log.flush()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SHARED: str((study_dir / REFERENCES).resolve())}
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
-def run_local(entries: list[Entry], study_dir: Path, parallel: int = 1, program: list[str] = FIT) -> dict[str, str]:
+def run_local(
+    entries: list[Entry], study_dir: Path, parallel: int = 1, program: list[str] | None = None
+) -> dict[str, str]:
     """Run every cell not yet done; returns each cell's status: done-before, done, or failed (exit N).
-    `program` is what each cell's arguments follow (`python -m ftlab fit`; tests put a stand-in there)."""
+    `program` is what each cell's arguments follow (default: the manifest's interpreter `-m ftlab fit`;
+    tests put a stand-in there)."""
     status: dict[str, str] = {}
     todo = []
     for entry in entries:
@@ -57,6 +62,9 @@ def run_local(entries: list[Entry], study_dir: Path, parallel: int = 1, program:
             log.close()
             del running[cid]
             ok = code == 0 and is_done(Path(entries_by_id[cid].run_dir))
+            load = {"id": cid, "load1": os.getloadavg()[0], "cpus": os.cpu_count() or 1, "parallel": parallel}
+            with (study_dir / LOAD).open("a") as file:
+                file.write(json.dumps(load) + "\n")
             status[cid] = "done" if ok else f"failed (exit {code})"
             print(f"ftlab sweep: {status[cid]:<16} {cid} in {time.perf_counter() - started:.1f} s", flush=True)
     return status

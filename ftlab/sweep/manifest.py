@@ -1,9 +1,10 @@
 """The manifest: one line per cell, with a stable run id and the exact command that runs it.
 
-    <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "command"} per cell
+    <study dir>/manifest.jsonl   {"index", "id", "axes", "run_dir", "argv", "python", "command"} per cell
     <study dir>/commands.tsv     id, run folder, command to show (redacted) and command per line (line i+1 =
                                  cell i; read by SLURM, which logs the shown one and runs the last)
-    <study dir>/study.json       what results need: name, metric, report, mode, seed axis, axis names, skipped cells
+    <study dir>/study.json       what results need: name, metric, report, mode, seed axis, axis names, skipped
+                                 cells; and the environment (interpreter, prefix, virtual env) that wrote it
     <study dir>/runs/<id>/       each cell's run folder (trainer.default_root_dir)
     <study dir>/logs/<id>.log    each cell's output
 
@@ -23,7 +24,8 @@ import json
 import os
 import re
 import shlex
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,17 @@ class Entry:
     axes: dict[str, str]
     run_dir: str
     argv: list[str]
+    python: str = field(default_factory=lambda: sys.executable)
+    group: str = ""  # the tuning group (tune.by's labels) of a cell or a trial
+    tuned: dict[str, Any] = field(default_factory=dict)  # a cell: its group's best values; a trial: its values
+    trials: int = 0  # a cell: how many trials its group's tuning had
 
     @property
     def command(self) -> str:
-        return shlex.join(["python", "-m", "ftlab", "fit", *self.argv])
+        """The cell's command, run by the interpreter that wrote the manifest: a job on another node or
+        under SLURM finds ftlab and its dependencies even when that interpreter's virtual environment is
+        not activated there."""
+        return shlex.join([self.python, "-m", "ftlab", "fit", *self.argv])
 
 
 def arg_value(value: Any) -> str:
@@ -98,28 +107,55 @@ def shown(command: str) -> str:
     return runfolder.redact(command).replace("\t", "\\t").replace("\n", "\\n")
 
 
-def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
-    out = study.output
+def write_entries(out: Path, entries: list[Entry], manifest: str = MANIFEST, commands: str = COMMANDS) -> None:
     lines = [json.dumps({**asdict(e), "command": e.command}) + "\n" for e in entries]
     # both are executed as written (the local launcher runs the manifest's argv, SLURM runs commands.tsv):
     # a secret passed as an argument must reach the run, so these two are not redacted
-    runfolder.write_text(out / MANIFEST, "".join(lines), redact_secrets=False)
-    commands = "".join(f"{e.id}\t{e.run_dir}\t{shown(e.command)}\t{e.command}\n" for e in entries)
-    runfolder.write_text(out / COMMANDS, commands, redact_secrets=False)
+    runfolder.write_text(out / manifest, "".join(lines), redact_secrets=False)
+    tsv = "".join(f"{e.id}\t{e.run_dir}\t{shown(e.command)}\t{e.command}\n" for e in entries)
+    runfolder.write_text(out / commands, tsv, redact_secrets=False)
+
+
+def write(study: Study, entries: list[Entry], skipped: list[dict[str, Any]]) -> None:
+    out = study.output
+    write_entries(out, entries)
     meta = {"name": study.name, "study_file": str(study.path), "metric": study.metric, "mode": study.mode}
     meta["report"] = study.report
     meta |= {"seed_axis": study.seed_axis, "axes": list(study.axes), "workdir": os.getcwd(), "skipped": skipped}
+    meta["environment"] = environment()
     runfolder.write_json(out / STUDY, meta)
     (out / LOGS).mkdir(parents=True, exist_ok=True)
+
+
+def environment() -> dict[str, Any]:
+    """The interpreter and environment that wrote the manifest (and run its cells)."""
+    return {"python": sys.executable, "prefix": sys.prefix, "virtual_env": os.environ.get("VIRTUAL_ENV")}
 
 
 def read(study_dir: Path) -> tuple[dict[str, Any], list[Entry]]:
     meta_path, manifest = study_dir / STUDY, study_dir / MANIFEST
     if not manifest.is_file() or not meta_path.is_file():
         raise FTLabError(f"{study_dir} is not a study folder (no {MANIFEST} or {STUDY}); run `ftlab sweep` first")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    entries = [Entry(r["index"], r["id"], r["axes"], r["run_dir"], r["argv"]) for r in rows]
-    return json.loads(meta_path.read_text()), entries
+    return json.loads(meta_path.read_text()), read_entries(manifest)
+
+
+def read_entries(path: Path) -> list[Entry]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # a manifest written before the interpreter was recorded ran `python` from the PATH
+    return [
+        Entry(
+            r["index"],
+            r["id"],
+            r["axes"],
+            r["run_dir"],
+            r["argv"],
+            r.get("python", "python"),
+            r.get("group", ""),
+            r.get("tuned", {}),
+            r.get("trials", 0),
+        )
+        for r in rows
+    ]
 
 
 def is_done(run_dir: Path) -> bool:

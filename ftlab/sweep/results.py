@@ -66,6 +66,8 @@ def collect(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for entry in entries:
         run = study_dir / RUNS / entry.id
         row: dict[str, Any] = {**entry.axes, "id": entry.id}
+        if entry.tuned:  # the values its group's tuning chose, and how many trials that took
+            row |= {"tuned": tuned_label(entry.tuned), "trials": entry.trials}
         summary_path = run / runfolder.SUMMARY
         if (run / runfolder.DONE).is_file() and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
@@ -76,6 +78,12 @@ def collect(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             row["status"] = "failed" if run.exists() else "missing"
         rows.append(row)
     return meta, rows
+
+
+def tuned_label(values: dict[str, Any]) -> str:
+    from ftlab.sweep.study import value_label
+
+    return ", ".join(f"{k}={value_label(v)}" for k, v in values.items())
 
 
 def _number(value: Any) -> float | None:
@@ -92,6 +100,8 @@ def group(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, An
     out = []
     for labels, members in groups.items():
         item: dict[str, Any] = {**dict(zip(keys, labels, strict=True)), "n": len(members)}
+        if "tuned" in members[0]:
+            item["tuned"] = members[0]["tuned"]
         numbers = sorted({k for m in members for k, v in m.items() if _number(v) is not None})
         for key in numbers:
             values = [_number(m.get(k)) for m in members for k in [key]]
@@ -121,14 +131,60 @@ def _fmt(value: Any, ci: Any = None) -> str:
 def markdown(meta: dict[str, Any], groups: list[dict[str, Any]]) -> str:
     keys = [a for a in meta["axes"] if a != meta["seed_axis"]]
     metric, report = meta["metric"], meta.get("report") or []
-    head = [*keys, "n", f"{metric} (mean ± 95% CI)", *report, "trainable params", "peak memory (MB)", "wall (s)"]
+    tuned = any("tuned" in g for g in groups)
+    head = [*keys, *(["tuned (trials)"] if tuned else []), "n", f"{metric} (mean ± 95% CI)", *report]
+    head += ["trainable params", "peak memory (MB)", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sign = -1.0 if meta["mode"] == "max" else 1.0  # best first
     for g in sorted(groups, key=lambda g: (g.get(metric) is None, sign * (g.get(metric) or 0.0))):
-        cells = [str(g[k]) for k in keys] + [str(g["n"]), _fmt(g.get(metric), g.get(f"{metric}_ci"))]
+        cells = [str(g[k]) for k in keys]
+        cells += [f"{g['tuned']} ({g['trials']:.0f})" if "tuned" in g else "–"] if tuned else []
+        cells += [str(g["n"]), _fmt(g.get(metric), g.get(f"{metric}_ci"))]
         cells += [_fmt(g.get(k), g.get(f"{k}_ci")) for k in report]
-        cells += [_fmt(g.get("trainable_params")), _fmt(g.get("peak_memory_mb")), _fmt(g.get("wall_seconds"))]
+        cells += [_fmt(g.get("trainable_params"))]
+        cells += [_fmt(g.get(k), g.get(f"{k}_ci")) for k in ("peak_memory_mb", "wall_seconds")]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_note(study_dir: Path) -> str:
+    """A note when the host was busier than its CPUs while runs went (wall times then include waiting)."""
+    from ftlab.sweep.local import LOAD
+
+    path = study_dir / LOAD
+    if not path.is_file():
+        return ""
+    seen = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    worst = max(seen, key=lambda r: r["load1"] / r["cpus"])
+    if worst["load1"] <= worst["cpus"]:
+        return ""
+    return (
+        f"\nThe host was loaded while runs went: 1-minute load average up to {worst['load1']:.1f} on "
+        f"{worst['cpus']} CPUs ({worst['parallel']} runs of this study at once): wall times include waiting "
+        "for the CPU; compare them within a seed group's ± spread only.\n"
+    )
+
+
+def trials_table(study_dir: Path, meta: dict[str, Any], out: Path) -> str:
+    """results/trials.csv (every tuning trial and its selection score) and a Markdown section of each
+    group's trials; empty when the study has no tuning stage."""
+    from ftlab.sweep.manifest import read_entries
+    from ftlab.sweep.trials import TRIALS
+
+    path = study_dir / TRIALS
+    if not path.is_file():
+        return ""
+    rows = []
+    for entry in read_entries(path):
+        summary = Path(entry.run_dir) / runfolder.SUMMARY
+        value = None
+        if (Path(entry.run_dir) / runfolder.DONE).is_file() and summary.is_file():
+            value = json.loads(summary.read_text()).get("metrics", {}).get(meta["metric"])
+        rows.append({"group": entry.group, "values": tuned_label(entry.tuned), "selection": value, "id": entry.id})
+    write_csv(out / "trials.csv", rows)
+    lines = ["", "## Tuning trials (scored on the selection split)", "", f"| group | values | {meta['metric']} |"]
+    lines.append("|---|---|---|")
+    lines += [f"| {r['group']} | {r['values']} | {_fmt(_number(r['selection']))} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +202,8 @@ def write_results(study_dir: Path) -> Path:
     note = f"\n{len(pending)} of {len(rows)} cells have no result yet: {', '.join(pending)}\n" if pending else ""
     skipped = meta.get("skipped") or []
     note += "".join(f"\nskipped {s['axes']}: {s['reason']}" for s in skipped) + ("\n" if skipped else "")
-    runfolder.write_text(out / "table.md", f"# {meta['name']}\n\n{table}{note}")
+    note += load_note(study_dir)
+    tuning = trials_table(study_dir, meta, out)
+    runfolder.write_text(out / "table.md", f"# {meta['name']}\n\n{table}{note}{tuning}")
     plot_all(meta, groups, out)
     return out

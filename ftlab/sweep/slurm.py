@@ -76,8 +76,9 @@ def sbatch_lines(study: Study, name: str, devices: Any, num_nodes: int, accelera
     return [f"#SBATCH --{k}" if v is None else f"#SBATCH --{k}={v}" for k, v in options.items()]
 
 
-def render(study: Study, config: Any) -> str:
-    """The array script for this study; `config` is any cell's composed config (for devices and nodes)."""
+def render(study: Study, config: Any, commands: str = COMMANDS) -> str:
+    """The array script for this study over `commands` (the cells', or the tuning trials'); `config` is any
+    cell's composed config (for devices and nodes)."""
     spec = study.launcher.get("slurm") or {}
     trainer = config.trainer
     tasks, nodes = _count(trainer.get("devices", 1)), int(trainer.get("num_nodes", 1) or 1)
@@ -90,10 +91,11 @@ def render(study: Study, config: Any) -> str:
             sbatch_lines(study, study.name, trainer.get("devices", 1), nodes, str(trainer.get("accelerator")))
         ),
         "WORKDIR": shlex.quote(str(Path.cwd())),
-        "COMMANDS": shlex.quote(str(out / COMMANDS)),
+        "COMMANDS": shlex.quote(str(out / commands)),
         "LOGS": shlex.quote(str(out / LOGS)),
+        "REFERENCES": shlex.quote(str(out / "reference_cache")),
         "SETUP": str(spec.get("setup", "")),
-        "LAUNCH": "srun" if tasks * nodes > 1 else "",
+        "LAUNCH": "srun --kill-on-bad-exit=1" if tasks * nodes > 1 else "",
     }
     text = template.read_text()
     for key, value in fields.items():
@@ -101,17 +103,26 @@ def render(study: Study, config: Any) -> str:
     return text
 
 
-def submit(study: Study, entries: list[Entry], config: Any, dry_run: bool = False) -> str | None:
-    """Write <study dir>/array.sbatch and submit the cells not yet done; the job id (None if nothing to do)."""
-    script = Path(study.output) / "array.sbatch"
-    runfolder.write_text(script, render(study, config))
-    todo = [e.index for e in entries if not is_done(Path(e.run_dir))]
+def submit(
+    study: Study,
+    entries: list[Entry],
+    config: Any,
+    dry_run: bool = False,
+    commands: str = COMMANDS,
+    script: str = "array.sbatch",
+    only: list[Entry] | None = None,
+) -> str | None:
+    """Write <study dir>/`script` over `commands` and submit the entries (or `only` these) not yet done; the
+    job id (None if nothing to do)."""
+    path = Path(study.output) / script
+    runfolder.write_text(path, render(study, config, commands))
+    todo = [e.index for e in (entries if only is None else only) if not is_done(Path(e.run_dir))]
     if not todo:
         print("ftlab sweep: every cell is done")
         return None
     limit = (study.launcher.get("slurm") or {}).get("max_parallel")
     array = ranges(todo) + (f"%{int(limit)}" if limit else "")
-    command = ["sbatch", "--parsable", f"--array={array}", str(script)]
+    command = ["sbatch", "--parsable", f"--array={array}", str(path)]
     print("ftlab sweep:", shlex.join(command), flush=True)
     if dry_run:
         return None
@@ -120,7 +131,7 @@ def submit(study: Study, entries: list[Entry], config: Any, dry_run: bool = Fals
     except FileNotFoundError:
         raise FTLabError("sbatch is not on PATH; run on a SLURM login node, or use --launcher local") from None
     if done.returncode != 0:
-        raise FTLabError(f"sbatch refused {script}: {done.stderr.strip().splitlines()[-1:]}")
+        raise FTLabError(f"sbatch refused {path}: {done.stderr.strip().splitlines()[-1:]}")
     job = done.stdout.strip().split(";")[0]
-    print(f"ftlab sweep: submitted array job {job} ({len(todo)} cells); logs in {Path(study.output) / LOGS}")
+    print(f"ftlab sweep: submitted array job {job} ({len(todo)} runs); logs in {Path(study.output) / LOGS}")
     return job

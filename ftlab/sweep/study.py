@@ -19,6 +19,9 @@
     seed_axis: seed                              # results average over this axis
     launcher: {parallel: 1, slurm: {...}}        # see local.py and slurm.py
     wandb: {project: my-study}                   # optional: W&B logging (offline by default)
+    tune: {params: {lr: {key: model.optimizer.init_args.lr, values: [1.0e-4, 1.0e-3]}}, by: [method]}
+                                                 # optional: tune per group first, then run the seeds at
+                                                 # each group's best values (see tune.py, trials.py)
 
 Config paths are relative to the directory the sweep runs from, or else to the study file's folder.
 """
@@ -33,9 +36,10 @@ from typing import Any
 import yaml
 
 from ftlab.errors import FTLabError
+from ftlab.sweep.tune import TuneSpec, load_tune
 
 KNOWN = {"name", "output", "base", "overrides", "axes", "zip", "exclude", "metric", "mode", "seed_axis"}
-KNOWN |= {"launcher", "wandb", "report"}
+KNOWN |= {"launcher", "wandb", "report", "tune"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Study:
     seed_axis: str = "seed"
     launcher: dict[str, Any] = field(default_factory=dict)
     wandb: dict[str, Any] | None = None
+    tune: TuneSpec | None = None  # the tuning stage (tune.py), if any
 
     def error(self, key: str, message: str) -> FTLabError:
         return FTLabError(f"study {self.path}: {key}: {message}")
@@ -175,6 +180,8 @@ def load_study(path: str | Path) -> Study:
     study.seed_axis = str(raw.get("seed_axis", study.seed_axis))
     study.launcher = dict(raw.get("launcher") or {})
     study.wandb = raw.get("wandb") or None
+    if raw.get("tune") is not None:
+        study.tune = load_tune(study.error, raw["tune"], list(study.axes), study.seed_axis)
     return study
 
 

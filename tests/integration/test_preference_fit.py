@@ -102,3 +102,30 @@ def test_reference_table_follows_the_data_and_frees_the_copy(backbone, tmp_path)
         assert module.objective.reference_table is None  # and is not reused after the fit
     # each fit starts at the reference: ln 2, not a stale table's value
     assert all(abs(loss - 0.6931) < 1e-3 for loss in losses)
+
+
+def test_cells_of_a_study_share_one_reference_table(backbone, tmp_path, monkeypatch) -> None:
+    from ftlab.methods import Full, LoRA
+    from ftlab.objectives.reference_cache import SHARED, ReferenceCache
+
+    computed: list[str] = []
+    real = ReferenceCache.compute
+
+    def counting(self, trainer, pl_module):
+        computed.append(trainer.default_root_dir)
+        return real(self, trainer, pl_module)
+
+    monkeypatch.setattr(ReferenceCache, "compute", counting)
+
+    def cell(method, root: Path) -> list:
+        pl.seed_everything(0)
+        fit(FineTuneModule(backbone, method, DPO(precompute_reference=True)), root, steps=2)
+        return json.loads((root / "summary.json").read_text())["loss_curve"]
+
+    monkeypatch.setenv(SHARED, str(tmp_path / "shared"))
+    cell(LoRA(r=4), tmp_path / "lora")  # the first cell of the study computes the table
+    shared = cell(Full(), tmp_path / "full")  # another method, same backbone and data: reads it
+    assert computed == [str(tmp_path / "lora")] and len(list((tmp_path / "shared").iterdir())) == 1
+    monkeypatch.delenv(SHARED)
+    alone = cell(Full(), tmp_path / "alone")  # the same cell computing its own table
+    assert computed[-1] == str(tmp_path / "alone") and shared == alone  # identical losses, bit for bit

@@ -159,3 +159,122 @@ def test_a_preempted_cell_requeues_itself_and_resumes_exactly(
     assert all(resumed[step] == reference[step] for step in resumed), [
         (step, resumed[step], reference[step]) for step in resumed if resumed[step] != reference[step]
     ][:5]
+
+
+# a `python` that is not the one ftlab is installed in, first on the jobs' PATH
+OTHER_PYTHON = """#!/bin/sh
+echo "ModuleNotFoundError: No module named 'jsonargparse'" >&2
+exit 1
+"""
+
+
+def test_a_study_submitted_from_a_venv_that_is_not_activated_runs_in_that_venv(
+    cluster: Path, tmp_path: Path, sft_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    venv = tmp_path / "venv"
+    subprocess.run(["python3", "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    other = tmp_path / "other-bin"
+    other.mkdir()
+    (other / "python").write_text(OTHER_PYTHON)
+    (other / "python").chmod(0o755)
+    path = tiny_study(tmp_path, sft_file, ["lora"], [0])
+    spec = yaml.safe_load(path.read_text())
+    spec["overrides"]["trainer.max_steps"] = 1
+    spec["launcher"] = {"slurm": {"time": "00:10:00", "cpus_per_task": 1}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env |= {"PATH": f"{other}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(REPO)}
+    python = str(venv / "bin" / "python")  # called by its path: the venv is not activated
+    done = subprocess.run(
+        [python, "-m", "ftlab", "sweep", str(path), "--launcher", "slurm"],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(lambda: not slurm("squeue", "-h").strip(), 300, "the array did not finish")
+    out = tmp_path / "study"
+    entry = json.loads((out / "manifest.jsonl").read_text())
+    log = (out / "logs" / f"{entry['id']}.log").read_text()
+    assert entry["python"] == python and entry["command"].startswith(f"{python} -m ftlab fit ")
+    assert json.loads((out / "study.json").read_text())["environment"]["python"] == python
+    assert (Path(entry["run_dir"]) / "DONE").exists(), log[-3000:]
+    assert "ModuleNotFoundError" not in log
+
+
+def test_train_sbatch_runs_ddp_over_two_srun_tasks(cluster: Path, tmp_path: Path, sft_file: Path) -> None:
+    from tests.conftest import TINY_LLAMA
+
+    over = tmp_path / "over.yaml"
+    over.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"backbone": {"init_args": {"config": TINY_LLAMA, "vocab_size": 512}}},
+                "data": {
+                    "init_args": {"train": str(sft_file), "val_fraction": 0.25, "batch_size": 4, "max_length": 64}
+                },
+                "trainer": {"max_epochs": -1, "max_steps": 2, "log_every_n_steps": 1, "strategy": "ddp"},
+            }
+        )
+    )
+    run, out = tmp_path / "run", tmp_path / "slurm.out"
+    job = slurm(
+        "sbatch",
+        "--parsable",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        f"--output={out}",
+        f"--chdir={REPO}",
+        str(REPO / "slurm" / "train.sbatch"),
+        str(run),
+        "--config",
+        str(REPO / "experiments" / "quickstart.yaml"),
+        "--config",
+        str(over),
+    ).strip()
+    wait_for(lambda: not slurm("squeue", "-h", "-j", job).strip(), 300, "the job did not finish", out)
+    text = out.read_text()
+    assert "1 node(s) x 2 task(s)" in text and "GLOBAL_RANK: 1, MEMBER: 2/2" in text, text[-3000:]
+    assert "distributed_backend=gloo" in text, text[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (run / "DONE").exists() and summary["steps"] == 2 and summary["strategy"] == "DDPStrategy"
+
+
+def test_a_tuning_stage_runs_as_arrays_and_continues_by_itself(
+    cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials as one array, a dependent job that calls the sweep again, which submits the cells at the best
+    value; runs go through the scoring stand-in of test_sweep_tune (best learning rate 1e-3)."""
+    from tests.unit.test_sweep_tune import FAKE_FIT, write_study
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    real = shutil.which("python3") or "python3"
+    code = tmp_path / "fake_fit.py"
+    code.write_text(FAKE_FIT)
+    fake = tmp_path / "python"  # the interpreter the manifests record: fits are the stand-in, sweeps are real
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$3" = sweep ]; then shift 2; exec {real} -c "import sys; sys.executable = sys.argv.pop(1); '
+        f'from ftlab.cli import main; main(sys.argv[1:])" "$0" "$@"; fi\n'
+        f'shift 3\nexec {real} {code} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(fake))
+    path = write_study(tmp_path, {"params": {"lr": {"key": "model.optimizer.init_args.lr", "values": [1e-4, 1e-3]}}})
+    spec = yaml.safe_load(path.read_text())
+    spec["axes"]["method"] = spec["axes"]["method"][:1]
+    spec["launcher"] = {"slurm": {"time": "00:10:00", "cpus_per_task": 1}}
+    path.write_text(yaml.safe_dump(spec))
+    main(["sweep", str(path), "--launcher", "slurm"])
+    out = tmp_path / "study"
+    wait_for(lambda: (out / "manifest.jsonl").exists() and not slurm("squeue", "-h").strip(), 300, "no cells ran")
+    cells = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    logs = "".join(p.read_text() for p in (out / "logs").glob("continue-*.out"))
+    assert [c["tuned"] for c in cells] == [{"lr": 0.001}, {"lr": 0.001}] and all(c["trials"] == 2 for c in cells), logs
+    assert all((Path(c["run_dir"]) / "DONE").exists() for c in cells), logs
+    assert (out / "trials.sbatch").exists() and (out / "array.sbatch").exists()
+    main(["results", str(out)])
+    assert "| lora | lr=0.001 (2) | 2 |" in (out / "results" / "table.md").read_text()

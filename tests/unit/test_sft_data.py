@@ -42,6 +42,23 @@ def test_validation_split_is_seeded_and_disjoint(tokenizer, sft_file: Path) -> N
     assert not any(tuple(e.input_ids) in train_ids for e in a.val_set)
 
 
+def test_selection_split_leaves_validation_alone_and_can_be_evaluated_on(tokenizer, sft_file: Path) -> None:
+    plain = make(tokenizer, sft_file, val_fraction=0.25)
+    tuned = make(tokenizer, sft_file, val_fraction=0.25, selection_fraction=0.25)
+    scored = make(tokenizer, sft_file, val_fraction=0.25, selection_fraction=0.25, evaluate_on="selection")
+    ids = lambda examples: [tuple(e.input_ids) for e in examples]  # noqa: E731
+    assert ids(tuned.val_set) == ids(plain.val_set)  # the reported split is the same with or without selection
+    # 24 rows: 6 validation, then a quarter of the 18 left (round(4.5) = 4) for selection, 14 to train
+    assert (len(tuned.selection_set), len(tuned.train_set)) == (4, 14) and tuned.stats["selection_examples"] == 4
+    assert set(ids(tuned.selection_set)) | set(ids(tuned.train_set)) == set(ids(plain.train_set))
+    assert not set(ids(tuned.selection_set)) & (set(ids(tuned.train_set)) | set(ids(tuned.val_set)))
+    assert ids(scored.val_set) == ids(tuned.selection_set) and ids(scored.train_set) == ids(tuned.train_set)
+    with pytest.raises(FTLabError, match=r"data evaluate_on=selection needs a selection split"):
+        make(tokenizer, sft_file, evaluate_on="selection")
+    with pytest.raises(FTLabError, match=r"data evaluate_on must be val or selection, got 'test'"):
+        make(tokenizer, sft_file, selection_fraction=0.1, evaluate_on="test")
+
+
 def test_truncation_and_dropping_are_counted(tokenizer, tmp_path: Path) -> None:
     rows = [
         {"instruction": "short", "output": "ok"},

@@ -91,7 +91,7 @@ def test_incompatible_cells_are_listed_and_skipped(tmp_path: Path, capsys: pytes
     out = capsys.readouterr().out
     assert "1 cells, 0 excluded, 1 incompatible" in out
     assert "skip feature_extraction-" in out and "trains only an objective's head, and objective SFT has none" in out
-    assert "python -m ftlab fit --config" in out and "--trainer.max_steps=2" in out
+    assert "-m ftlab fit --config" in out and "--trainer.max_steps=2" in out
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
 
 
@@ -110,7 +110,7 @@ def test_commands_keep_secrets_and_log_headers_redact_them(tmp_path: Path, monke
     assert "api_key=<redacted:FTLAB_TEST_API_KEY>" in header and "sk-0123456789" not in header
 
 
-# a stand-in for the `python` that the array script execs: records the arguments it got
+# a stand-in for the interpreter that the array script execs: records the arguments it got
 FAKE_PYTHON = """#!/bin/sh
 printf '%s\\n' "$*" > "$FAKE_OUT"
 """
@@ -123,20 +123,21 @@ def test_slurm_log_header_is_redacted_and_the_job_gets_the_secret(
     study = load_study(write_study(tmp_path))
     study.overrides["trainer.logger.init_args.api_key"] = "sk-0123456789"
     entries = manifest.build(study, expand(study)[0][:1])
-    manifest.write(study, entries, [])
-    script = tmp_path / "array.sbatch"
-    script.write_text(render(study, Namespace(trainer=Namespace(devices=1, num_nodes=1, accelerator="cpu"))))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(FAKE_PYTHON)
     (bin_dir / "python").chmod(0o755)
+    entries[0].python = str(bin_dir / "python")  # the interpreter that wrote the manifest runs, not the PATH's
+    manifest.write(study, entries, [])
+    script = tmp_path / "array.sbatch"
+    script.write_text(render(study, Namespace(trainer=Namespace(devices=1, num_nodes=1, accelerator="cpu"))))
     ran = tmp_path / "ran.txt"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_OUT": str(ran)}
+    env = {**os.environ, "FAKE_OUT": str(ran)}
     env |= {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0"}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     log = (Path(study.output) / "logs" / f"{entries[0].id}.log").read_text()
-    assert "job 77_0" in log and "python -m ftlab fit --config" in log  # the header and the command shown
+    assert "job 77_0" in log and "-m ftlab fit --config" in log  # the header and the command shown
     assert "api_key=<redacted:FTLAB_TEST_API_KEY>" in log and "sk-0123456789" not in log
     assert "-m ftlab fit" in ran.read_text() and "--trainer.logger.init_args.api_key=sk-0123456789" in ran.read_text()
 
@@ -164,7 +165,7 @@ def test_slurm_script_takes_tasks_from_devices(tmp_path: Path) -> None:
 def test_shipped_studies_compose(name: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(REPO)
     assert sweep(f"experiments/sweeps/{name}", None, None, True, []) == 0
-    assert "python -m ftlab fit --config experiments/" in capsys.readouterr().out
+    assert "-m ftlab fit --config experiments/" in capsys.readouterr().out
 
 
 def test_a_study_with_wandb_gives_each_cell_its_project_group_name_and_tags(
@@ -195,3 +196,47 @@ def test_a_study_with_wandb_gives_each_cell_its_project_group_name_and_tags(
         assert args.tags == ["method=lora", f"seed={e.axes['seed']}"]
         assert {k: str(v) for k, v in args.config.items()} == {"study": "wb", "method": "lora", "seed": e.axes["seed"]}
     assert entries[0].id != entries[1].id
+
+
+# a stand-in for srun: records the arguments it got
+FAKE_SRUN = """#!/bin/sh
+printf '%s\\n' "$@" > "$FAKE_OUT"
+"""
+
+
+def test_train_sbatch_sizes_the_run_from_the_allocation_and_uses_the_submitting_python(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    ran = tmp_path / "ran.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_OUT": str(ran)}
+    env |= {"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "16", "VIRTUAL_ENV": "/opt/venv"}
+    env.pop("SLURM_NTASKS_PER_NODE", None)
+    env.pop("FTLAB_PYTHON", None)
+    script = str(REPO / "slurm" / "train.sbatch")
+    done = subprocess.run(
+        ["bash", script, str(tmp_path / "run"), "--config", "a.yaml"],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    args = ran.read_text().splitlines()
+    assert args[:4] == ["--kill-on-bad-exit=1", "/opt/venv/bin/python", "-m", "ftlab"]
+    assert "--trainer.num_nodes=2" in args and "--trainer.devices=8" in args and "a.yaml" in args
+    env |= {"FTLAB_PYTHON": "/x/bin/python3", "SLURM_NTASKS_PER_NODE": "4"}
+    subprocess.run(["bash", script, str(tmp_path / "run")], env=env, check=True, capture_output=True, timeout=60)
+    args = ran.read_text().splitlines()
+    assert args[1] == "/x/bin/python3" and "--trainer.devices=4" in args
+    assert "#SBATCH --signal=USR1@120" in Path(script).read_text()  # to the srun step, which every rank is in
+
+
+def test_the_manifest_records_the_interpreter_that_wrote_it(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path))
+    entries = manifest.build(study, expand(study)[0][:1])
+    manifest.write(study, entries, [])
+    meta, back = manifest.read(Path(study.output))
+    assert back[0].python == sys.executable and back[0].command.startswith(f"{sys.executable} -m ftlab fit ")
+    assert meta["environment"]["python"] == sys.executable and meta["environment"]["prefix"] == sys.prefix

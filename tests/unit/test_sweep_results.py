@@ -69,7 +69,7 @@ def test_results_group_over_seeds_and_write_every_file(tmp_path: Path) -> None:
     assert len(cells) == 5 and cells[0].startswith("method,seed,id,status") and ",failed" in cells[4]
     table = (out / "table.md").read_text()
     # full: mean 2.5 over [2, 3], s = 0.7071, half-width 12.7062 * 0.7071 / sqrt(2) = 6.353
-    assert "| full | 2 | 2.5 ± 6.4 | 100 | 50.5 | 10 |" in table
+    assert "| full | 2 | 2.5 ± 6.4 | 100 | 50.5 ± 6.4 | 10 ± 0 |" in table  # memory and wall time with spread
     assert "| lora | 1 | 2.5 | 10 | 52 | 10 |" in table
     assert "1 of 4 cells have no result yet: lora-1-00000003" in table
 
@@ -119,3 +119,37 @@ def test_a_failed_rewrite_leaves_the_previous_files_whole(tmp_path: Path, monkey
     with pytest.raises(KeyboardInterrupt):
         write_results(tmp_path)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial file, no temporary left
+
+
+def test_plot_labels_of_close_points_do_not_overlap() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ftlab.sweep.plots import place_labels
+
+    # lora and qlora at the same cost and nearly the same loss; three adapters side by side
+    points = [(1000.0, 2.50), (1000.0, 2.501), (5000.0, 2.3), (5100.0, 2.3), (5200.0, 2.31), (9e4, 2.0)]
+    labels = ["lora", "qlora", "adapter_parallel", "adapter_hybrid", "adapter_sequential", "full"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot(*zip(*points, strict=True), "o")
+    ax.set_xscale("log")
+    boxes = place_labels(ax, labels, points)
+    plt.close(fig)
+    assert len(boxes) == 6
+    assert not [(i, j) for i in range(6) for j in range(i + 1, 6) if boxes[i].overlaps(boxes[j])]
+
+
+def test_a_loaded_host_is_noted_under_the_table(tmp_path: Path) -> None:
+    from ftlab.sweep.local import LOAD
+    from ftlab.sweep.results import load_note
+
+    assert load_note(tmp_path) == ""
+    (tmp_path / "logs").mkdir()
+    rows = [{"id": "a", "load1": 1.5, "cpus": 2, "parallel": 2}, {"id": "b", "load1": 7.25, "cpus": 2, "parallel": 2}]
+    (tmp_path / LOAD).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    note = load_note(tmp_path)
+    assert "1-minute load average up to 7.2 on 2 CPUs (2 runs of this study at once)" in note
+    (tmp_path / LOAD).write_text(json.dumps(rows[0]) + "\n")
+    assert load_note(tmp_path) == ""
