@@ -27,6 +27,13 @@ COMPANIONS = {
     "data/synthetic_prompts.yaml": ["objectives/grpo.yaml"],
     "objectives/grpo.yaml": ["data/synthetic_prompts.yaml"],
     "objectives/ppo.yaml": ["data/synthetic_prompts.yaml"],
+    "objectives/ipo.yaml": ["data/preference_example.yaml"],
+    "objectives/simpo.yaml": ["data/preference_example.yaml"],
+    "objectives/orpo.yaml": ["data/preference_example.yaml"],
+    **{
+        f"objectives/{name}.yaml": ["data/synthetic_prompts.yaml", "objectives/grpo.yaml"]
+        for name in ("dr_grpo", "dapo", "gspo", "rloo")
+    },
 }
 
 
