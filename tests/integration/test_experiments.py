@@ -28,6 +28,8 @@ COMPANIONS = {
     "objectives/grpo.yaml": ["data/synthetic_prompts.yaml"],
     "objectives/ppo.yaml": ["data/synthetic_prompts.yaml"],
     "objectives/ipo.yaml": ["data/preference_example.yaml"],
+    "objectives/kto.yaml": ["data/feedback_example.yaml"],
+    "data/feedback_example.yaml": ["objectives/kto.yaml"],
     "objectives/simpo.yaml": ["data/preference_example.yaml"],
     "objectives/orpo.yaml": ["data/preference_example.yaml"],
     **{

@@ -1,5 +1,6 @@
-"""The reference-free preference objectives (SimPO, ORPO), length-normalised IPO and the critic-free RL variants
-(Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++) train a few steps with LoRA and with Full on a tiny Llama."""
+"""KTO on unpaired feedback, the reference-free preference objectives (SimPO, ORPO), length-normalised IPO and
+the critic-free RL variants (Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++) train a few steps with LoRA and with Full
+on a tiny Llama."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from ftlab.data import PreferenceDataModule, PromptDataModule
+from ftlab.data import FeedbackDataModule, PreferenceDataModule, PromptDataModule
 from ftlab.module import FineTuneModule
-from ftlab.objectives import DPO, GRPO, ORPO, SimPO
+from ftlab.objectives import DPO, GRPO, KTO, ORPO, SimPO
 from ftlab.objectives.dpo import IPO
 from ftlab.rewards import FunctionReward
 from tests.conftest import REPO, quiet_trainer
@@ -21,6 +22,7 @@ from tests.integration.test_method_contract import LLAMA_64, METHODS
 
 PAIRS = REPO / "ftlab" / "assets" / "preference_pairs.jsonl"
 PROMPTS = REPO / "ftlab" / "assets" / "synthetic_prompts.jsonl"
+FEEDBACK = REPO / "ftlab" / "assets" / "feedback_examples.jsonl"
 
 PREFERENCE = {
     "simpo": lambda: SimPO(beta=2.0, gamma=0.5),
@@ -87,3 +89,16 @@ def test_rl_variants_train(name: str, method: str, backbone, tmp_path: Path) -> 
     assert metrics["train/reward_group_std"] >= 0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
     if name == "dapo":
         assert 0 < metrics["train/kept_fraction"] <= 1 and module.reference_model is None
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_kto_trains_on_unpaired_feedback(method: str, backbone, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    module = FineTuneModule(
+        backbone, METHODS[method](), KTO(beta=0.1), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)
+    )
+    dm = FeedbackDataModule(train=str(FEEDBACK), val_fraction=0.1, batch_size=4, max_length=64)
+    trained(module, lambda: quiet_trainer(tmp_path, 3).fit(module, dm))
+    metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert metrics["train/kl"] >= 0 and torch.isfinite(torch.tensor(metrics["val/loss"]))
+    assert (module.reference_model is None) == module.method.supports_disable  # a frozen copy for Full only
