@@ -102,3 +102,36 @@ def test_kto_trains_on_unpaired_feedback(method: str, backbone, tmp_path: Path) 
     metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
     assert metrics["train/kl"] >= 0 and torch.isfinite(torch.tensor(metrics["val/loss"]))
     assert (module.reference_model is None) == module.method.supports_disable  # a frozen copy for Full only
+
+
+def test_a_bad_feedback_row_stops_the_cli_naming_file_and_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftlab.cli import main
+    from tests.conftest import write_jsonl
+
+    monkeypatch.chdir(REPO)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("earlier work")
+    rows = [{"prompt": f"Q{i}", "completion": f"A{i}", "label": True} for i in range(5)]
+    rows.append({"prompt": "Q", "completion": "A", "label": "maybe"})
+    data = write_jsonl(tmp_path / "feedback.jsonl", rows)
+    argv = [
+        "fit",
+        "--config",
+        str(REPO / "tests" / "integration" / "configs" / "resume_base.yaml"),
+        "--model.method=ftlab.methods.LoRA",
+        "--model.objective=ftlab.objectives.KTO",
+        "--data=ftlab.data.FeedbackDataModule",
+        f"--data.train={data}",
+        f"--trainer.default_root_dir={run}",
+    ]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-1500:]
+    assert f"data file {data} row 5 'label' must be true or false (desirable or not), got 'maybe'" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
