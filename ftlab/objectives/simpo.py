@@ -34,7 +34,7 @@ class SimPO(DPO):
 
     Args:
         beta: Reward scale β (the paper used 2 to 10).
-        gamma: Target reward margin γ (the paper used 0.3 to 1.6 for γ; TRL's simpo_gamma).
+        gamma: Target reward margin γ (TRL's simpo_gamma; the paper tunes the ratio γ/β).
         label_smoothing: ε of the conservative form (0: the paper's loss).
     """
 
