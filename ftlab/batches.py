@@ -98,3 +98,25 @@ class PromptBatch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class FeedbackBatch:
+    """Unpaired feedback: single answers to prompts, each marked desirable or not (KTO).
+
+    Shapes: input_ids, attention_mask and labels are [2B, T], right-padded: rows [0, B) hold prompt + answer,
+    rows [B, 2B) prompt i + the answer of example (i + 1) mod B, a mismatched pair for KTO's KL estimate.
+    `labels` holds the answer's token ids and -100 on prompt and padding. `desirable` [B] (bool) and `index` [B]
+    (position in its split) belong to the first B rows.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    desirable: torch.Tensor
+    index: torch.Tensor
+    num_tokens: int = 0
+    """Non-padding tokens of the first B rows (counted on the host at collate time)."""
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])

@@ -67,6 +67,15 @@ YAML_COMPANIONS: dict[str, list[str]] = {
     "data/synthetic_prompts.yaml": ["objectives/grpo.yaml"],
     "objectives/grpo.yaml": ["data/synthetic_prompts.yaml"],
     "objectives/ppo.yaml": ["data/synthetic_prompts.yaml"],
+    "objectives/ipo.yaml": ["data/preference_example.yaml"],
+    "objectives/kto.yaml": ["data/feedback_example.yaml"],
+    "data/feedback_example.yaml": ["objectives/kto.yaml"],
+    "objectives/simpo.yaml": ["data/preference_example.yaml"],
+    "objectives/orpo.yaml": ["data/preference_example.yaml"],
+    **{
+        f"objectives/{name}.yaml": ["data/synthetic_prompts.yaml", "objectives/grpo.yaml"]
+        for name in ("dr_grpo", "dapo", "gspo", "rloo")
+    },
 }
 """An experiments/ YAML -> the YAMLs it is composed with in tests: an objective needs its kind of data, and
 preference data an objective that reads it."""

@@ -2,6 +2,7 @@
 
 from ftlab.data.base import FineTuneDataModule
 from ftlab.data.classification import ClassificationDataModule
+from ftlab.data.feedback import FeedbackDataModule
 from ftlab.data.gsm8k import GSM8KDataModule
 from ftlab.data.hh_rlhf import HHRLHFDataModule
 from ftlab.data.mixture import MixtureDataModule
@@ -12,6 +13,7 @@ from ftlab.data.text import TextDataModule
 
 __all__ = [
     "ClassificationDataModule",
+    "FeedbackDataModule",
     "FineTuneDataModule",
     "GSM8KDataModule",
     "HHRLHFDataModule",

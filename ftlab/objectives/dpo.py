@@ -5,7 +5,8 @@ h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|
 - `Sigmoid`: −log σ(β h) (the paper's); with `label_smoothing` ε it is conservative DPO (cDPO,
   Mitchell 2023): −(1 − ε) log σ(β h) − ε log σ(−β h), for labels that are wrong with probability ε;
 - `IPO` (Azar et al., 2023): (h − 1/(2β))², which does not push h to infinity on separable data.
-IPO's paper states h on summed log-probabilities, as here; TRL averages them over tokens instead.
+IPO's paper states h on summed log-probabilities (the default); with `length_normalized` each answer's
+log-ratio is divided by its token count first, h = (π_w − ref_w)/|y_w| − (π_l − ref_l)/|y_l| (TRL's `ipo`).
 The implicit rewards are β(log π − log π_ref) of each answer.
 
 Chosen and rejected answers go through the model in one forward pass (the batch stacks them), and
@@ -40,6 +41,9 @@ def preference_logits(
 class PreferenceLoss:
     """A DPO-family loss of h (see the module docstring) and β, per pair [B] -> [B]."""
 
+    length_normalized: bool = False
+    """h is built from per-token means of the answers' log-ratios rather than their sums."""
+
     def __call__(self, h: torch.Tensor, beta: float) -> torch.Tensor:
         raise NotImplementedError
 
@@ -60,10 +64,23 @@ class Sigmoid(PreferenceLoss):
 
 
 class IPO(PreferenceLoss):
-    """The IPO loss (h − 1/(2β))²."""
+    """The IPO loss (h − 1/(2β))².
+
+    Args:
+        length_normalized: Build h from each answer's log-ratio divided by its token count (TRL's ipo).
+    """
+
+    def __init__(self, length_normalized: bool = False) -> None:
+        self.length_normalized = length_normalized
 
     def __call__(self, h: torch.Tensor, beta: float) -> torch.Tensor:
         return (h - 1 / (2 * beta)) ** 2
+
+
+def answer_lengths(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer tokens that carry a label in the chosen and rejected halves: ([B], [B]) as floats."""
+    counts = (batch.labels[:, 1:] != -100).sum(-1).to(torch.float32).clamp(min=1)
+    return counts[: len(batch)], counts[len(batch) :]
 
 
 def answer_logps(model: torch.nn.Module, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +141,13 @@ class DPO(Objective):
         # peak memory is the policy pass's alone (as SFT's on the same sequences)
         ref_chosen, ref_rejected = self.reference_logps(ctx, batch)
         chosen, rejected = answer_logps(ctx.model, batch)
-        h = preference_logits(chosen, rejected, ref_chosen, ref_rejected)
+        if self.loss_fn.length_normalized:
+            n_chosen, n_rejected = answer_lengths(batch)
+            h = preference_logits(
+                chosen / n_chosen, rejected / n_rejected, ref_chosen / n_chosen, ref_rejected / n_rejected
+            )
+        else:
+            h = preference_logits(chosen, rejected, ref_chosen, ref_rejected)
         reward_chosen = self.beta * (chosen - ref_chosen).detach()
         reward_rejected = self.beta * (rejected - ref_rejected).detach()
         return {

@@ -23,7 +23,15 @@ import torch
 
 from ftlab.batches import PromptBatch
 from ftlab.objectives.base import Metrics, Objective, StepContext
-from ftlab.objectives.rl_math import aggregate, clipped_policy_loss, group_advantages, k3_kl, masked_mean
+from ftlab.objectives.rl_math import LossLevel, aggregate, clipped_policy_loss, k3_kl, masked_mean
+from ftlab.objectives.rl_variants import (
+    Advantage,
+    advantages,
+    global_token_divisor,
+    informative_groups,
+    overlong_penalty,
+    sequence_log_ratio,
+)
 from ftlab.objectives.rollouts import Rollout, completion_logps, sample
 from ftlab.rewards.sources import RewardSource, total_reward
 
@@ -49,7 +57,19 @@ class GRPO(Objective):
         epsilon: Lower clip ε_low of the ratio.
         epsilon_high: Upper clip ε_high (default: epsilon).
         scale_rewards: Divide group-centred rewards by the group's std (off: Dr. GRPO).
-        loss_level: token (average over all completion tokens of the batch) or sequence (per sequence, then mean).
+        loss_level: token (Σ over the batch's completion tokens / their count: DAPO, TRL's bnpo), sequence
+            (each sequence's token mean, then the mean: the GRPO paper) or dr_grpo (Σ over completion tokens /
+            (N · max_new_tokens): Dr. GRPO). See `rl_math.aggregate`.
+        global_tokens: With loss_level token, divide by the completion tokens of every data-parallel rank
+            (DAPO's global-token normalisation; TRL's dapo) instead of this rank's own.
+        advantage: group (GRPO), rloo (leave-one-out baseline, Ahmadian et al. 2024) or reinforce_pp
+            (group mean, then batch normalisation: REINFORCE++-baseline, Hu 2025). scale_rewards applies to group.
+        importance_level: token (PPO's per-token ratio) or sequence (GSPO's length-normalised sequence ratio,
+            Zheng et al. 2025; pair it with loss_level sequence as the paper does).
+        dynamic_sampling: Drop the groups whose rewards are all equal before the update (DAPO); a batch in which
+            every group is such is kept whole (its advantages are all zero).
+        overlong_buffer: L_cache of DAPO's soft overlong punishment (0: off): completions longer than
+            max_new_tokens − L_cache lose up to 1 reward, linearly.
         updates_per_batch: μ, optimizer steps per rollout batch.
         max_grad_norm: Gradient-norm clipping of each update.
         merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
@@ -71,10 +91,15 @@ class GRPO(Objective):
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         scale_rewards: bool = True,
-        loss_level: Literal["token", "sequence"] = "token",
+        loss_level: LossLevel = "token",
         updates_per_batch: int = 1,
         max_grad_norm: float | None = 1.0,
         merge_for_sampling: bool = False,
+        global_tokens: bool = False,
+        advantage: Advantage = "group",
+        importance_level: Literal["token", "sequence"] = "token",
+        dynamic_sampling: bool = False,
+        overlong_buffer: int = 0,
     ) -> None:
         super().__init__()
         from ftlab.errors import FTLabError
@@ -99,6 +124,11 @@ class GRPO(Objective):
         self.updates_per_batch = updates_per_batch
         self.max_grad_norm = max_grad_norm
         self.merge_for_sampling = merge_for_sampling
+        self.global_tokens = global_tokens
+        self.advantage = advantage
+        self.importance_level = importance_level
+        self.dynamic_sampling = dynamic_sampling
+        self.overlong_buffer = overlong_buffer
 
     def rollout(self, ctx: StepContext, batch: PromptBatch, num_samples: int) -> tuple[Rollout, float]:
         started = time.perf_counter()
@@ -119,7 +149,17 @@ class GRPO(Objective):
         rollout, seconds = self.rollout(ctx, batch, self.num_generations)
         device = rollout.sequences.device
         rewards, parts = total_reward(self.rewards, rollout, device)
-        advantages = group_advantages(rewards, self.num_generations, scale=self.scale_rewards)
+        lengths = rollout.completion_mask.sum(-1)
+        if self.overlong_buffer > 0:
+            rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer)
+        adv = advantages(rewards, self.num_generations, self.advantage, scale=self.scale_rewards)
+        kept = torch.ones_like(rewards, dtype=torch.bool)
+        if self.dynamic_sampling:
+            informative = informative_groups(rewards, self.num_generations)
+            if bool(informative.any()):
+                kept = informative
+                rows = informative.nonzero().squeeze(-1)
+                rollout, adv = rollout.select(rows), adv[rows]
         with torch.no_grad():
             old = completion_logps(ctx.model, rollout, entropy=False)[0] if self.updates_per_batch > 1 else None
             ref = None
@@ -131,11 +171,13 @@ class GRPO(Objective):
             "reward": rewards.mean(),
             "reward_std": ctx.std_over_ranks(rewards),  # over every rank's rewards
             "reward_group_std": groups.std(dim=1).mean(),
-            "completion_length": rollout.completion_mask.sum(-1).mean(),
+            "completion_length": lengths.mean(),  # of every sample, before dynamic sampling
             "perf/generate_seconds": torch.tensor(seconds),
             **parts,
         }
-        return GRPOBuffer(rollout, advantages, old, ref), metrics
+        if self.dynamic_sampling:
+            metrics["kept_fraction"] = kept.float().mean()
+        return GRPOBuffer(rollout, adv, old, ref), metrics
 
     def minibatches(self, buffer: GRPOBuffer) -> Iterator[GRPOBuffer]:
         for _ in range(self.updates_per_batch):
@@ -145,13 +187,20 @@ class GRPO(Objective):
         logps, entropy, _ = completion_logps(ctx.model, buffer.rollout)
         mask = buffer.rollout.completion_mask
         old = buffer.old_logps if buffer.old_logps is not None else logps.detach()
-        per_token, clipped = clipped_policy_loss(logps, old, buffer.advantages, self.epsilon, self.epsilon_high)
+        if self.importance_level == "sequence":  # GSPO: the ratio exp(sequence_log_ratio) on every token
+            ratio_logps, ratio_old = sequence_log_ratio(logps, old, mask), torch.zeros_like(logps)
+        else:
+            ratio_logps, ratio_old = logps, old
+        per_token, clipped = clipped_policy_loss(
+            ratio_logps, ratio_old, buffer.advantages, self.epsilon, self.epsilon_high
+        )
         metrics = {"clip_fraction": masked_mean(clipped, mask), "entropy": masked_mean(entropy, mask)}
         if buffer.ref_logps is not None:
             kl = k3_kl(logps, buffer.ref_logps)
             per_token = per_token + self.beta * kl
             metrics["kl"] = masked_mean(kl.detach(), mask)
-        loss = aggregate(per_token, mask, self.loss_level)
+        tokens = global_token_divisor(mask, ctx) if self.global_tokens and self.loss_level == "token" else None
+        loss = aggregate(per_token, mask, self.loss_level, max_length=self.max_new_tokens, tokens=tokens)
         metrics["loss"] = loss.detach()
         return loss, metrics
 

@@ -54,13 +54,38 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, level: Literal["token", "sequence"]) -> torch.Tensor:
-    """Loss over a batch: `token` averages over every completion token of the batch (DAPO, Dr. GRPO);
-    `sequence` averages each sequence over its tokens, then over sequences (the GRPO paper)."""
+LossLevel = Literal["token", "sequence", "dr_grpo"]
+"""How a token-level RL loss becomes one number; see `aggregate`."""
+
+
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    level: LossLevel,
+    max_length: int | None = None,
+    tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Loss over a batch of N sequences from per-token losses [N, C]:
+
+    - `token`: Σ_{i,t} ℓ_it m_it / Σ_{i,t} m_it, the mean over every completion token of the batch (DAPO,
+      Yu et al. 2025; TRL's `bnpo`). `tokens`, when given, replaces the divisor Σ m (global-token
+      normalisation over data-parallel ranks: see `global_token_divisor`; TRL's `dapo`).
+    - `sequence`: (1/N) Σ_i (Σ_t ℓ_it m_it / Σ_t m_it), each sequence's token mean, then their mean (the GRPO
+      paper, Shao et al. 2024; TRL's `grpo`).
+    - `dr_grpo`: Σ_{i,t} ℓ_it m_it / (N · max_length), a constant divisor with max_length the longest
+      completion allowed (Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-like training"; TRL's `dr_grpo`).
+    """
     if level == "token":
-        return masked_mean(per_token, mask)
-    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return per_sequence.mean()
+        divisor = mask.sum().clamp(min=1) if tokens is None else tokens.clamp(min=1)
+        return (per_token * mask).sum() / divisor
+    if level == "dr_grpo":
+        if max_length is None:
+            raise ValueError("the dr_grpo loss level needs max_length, the longest completion allowed")
+        return (per_token * mask).sum() / (per_token.shape[0] * max_length)
+    if level == "sequence":
+        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_sequence.mean()
+    raise ValueError(f"unknown loss level {level!r}: use token, sequence or dr_grpo")
 
 
 def gae(

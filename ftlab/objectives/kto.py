@@ -1,0 +1,75 @@
+"""KTO (Ethayarajh et al., 2024, "Model Alignment as Prospect Theoretic Optimization"), on unpaired feedback.
+
+With r(y) = log π(y|x) − log π_ref(y|x) (summed over answer tokens) and z₀ a batch estimate of KL(π‖π_ref),
+an answer marked desirable costs λ_D (1 − σ(β (r − z₀))) and one marked undesirable λ_U (1 − σ(β (z₀ − r)));
+the loss is the mean over the batch's answers. z₀ = max(0, mean_i r(y_{i+1}|x_i)) on mismatched pairs (each
+prompt with another example's answer, built by `FeedbackDataModule`), without gradient, as TRL's `kto`.
+The reference is the method switched off or a frozen copy, as for DPO.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ftlab.batches import FeedbackBatch
+from ftlab.objectives.base import StepContext
+from ftlab.objectives.dpo import DPO
+from ftlab.objectives.token_logps import labelled_logps, row_sums
+
+__all__ = ["KTO", "kto_losses"]
+
+
+def kto_losses(
+    logratios: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """Per answer: λ_D (1 − σ(β (r − z₀))) where desirable, λ_U (1 − σ(β (z₀ − r))) elsewhere. [B] -> [B]."""
+    good = desirable_weight * (1 - F.sigmoid(beta * (logratios - kl)))
+    bad = undesirable_weight * (1 - F.sigmoid(beta * (kl - logratios)))
+    return torch.where(desirable, good, bad)
+
+
+def feedback_logps(model: torch.nn.Module, batch: FeedbackBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probabilities of the examples and of the mismatched pairs, one forward pass."""
+    tokens, rows = labelled_logps(model, batch.input_ids, batch.labels, attention_mask=batch.attention_mask)
+    logps = row_sums(tokens, rows, batch.input_ids.shape[0])
+    return logps[: len(batch)], logps[len(batch) :]
+
+
+class KTO(DPO):
+    """Kahneman–Tversky optimisation against a reference policy, on answers marked desirable or not.
+
+    Args:
+        beta: Scale β of the implied reward (the paper used 0.1).
+        desirable_weight: λ_D, the weight of desirable answers.
+        undesirable_weight: λ_U, the weight of undesirable ones (the paper keeps λ_D n_D / (λ_U n_U) in [1, 4/3]).
+    """
+
+    batch_type: ClassVar[type] = FeedbackBatch
+    METRICS: ClassVar[tuple[str, ...]] = ("loss", "kl", "rewards/desirable", "rewards/undesirable", "logps")
+
+    def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
+        super().__init__(beta=beta)
+        self.desirable_weight = desirable_weight
+        self.undesirable_weight = undesirable_weight
+
+    def compute(self, ctx: StepContext, batch: FeedbackBatch) -> dict[str, torch.Tensor]:
+        with ctx.reference() as reference:
+            ref, ref_mismatched = feedback_logps(reference, batch)
+        logps, mismatched = feedback_logps(ctx.model, batch)
+        kl = (mismatched.detach() - ref_mismatched).mean().clamp(min=0)
+        logratios = logps - ref
+        losses = kto_losses(logratios, batch.desirable, kl, self.beta, self.desirable_weight, self.undesirable_weight)
+        rewards = self.beta * logratios.detach()
+        values = {"loss": losses.mean(), "kl": kl, "logps": logps.detach().mean()}
+        for name, rows in (("desirable", batch.desirable), ("undesirable", ~batch.desirable)):
+            if bool(rows.any()):  # a batch may hold one kind only
+                values[f"rewards/{name}"] = rewards[rows].mean()
+        return values
