@@ -3,7 +3,9 @@
 For each prompt, G completions are sampled; their rewards minus the group mean (divided by the
 group's std unless `scale_rewards` is off, as Dr. GRPO) are every token's advantage. The loss is
 PPO's clipped surrogate on the ratio to the sampling policy (ε_low, ε_high as DAPO's clip-higher),
-plus β · KL(π‖π_ref) with the k3 estimator; β = 0 computes no reference at all. Each rollout batch
+plus β · KL(π‖π_ref) with the k3 estimator, weighted by π/π_old (`kl_estimator="k3_unbiased"`, the
+default, the unbiased gradient of the reverse KL, as TRL) or as it is (`"k3"`, the GRPO paper, whose
+gradient is that of the forward KL); β = 0 computes no reference at all. Each rollout batch
 is used for `updates_per_batch` (μ) optimizer steps; with μ = 1 the sampling policy is the current
 one, so its log-probabilities are the detached current ones and cost no extra pass.
 
@@ -23,7 +25,14 @@ import torch
 
 from ftlab.batches import PromptBatch
 from ftlab.objectives.base import Metrics, Objective, StepContext
-from ftlab.objectives.rl_math import aggregate, clipped_policy_loss, group_advantages, k3_kl, masked_mean
+from ftlab.objectives.rl_math import (
+    KLEstimator,
+    aggregate,
+    clipped_policy_loss,
+    group_advantages,
+    kl_penalty,
+    masked_mean,
+)
 from ftlab.objectives.rollouts import Rollout, completion_logps, sample
 from ftlab.rewards.sources import RewardSource, total_reward
 
@@ -55,6 +64,8 @@ class GRPO(Objective):
         merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
             (faster decoding; but the frozen base weights, the reference, come back only within float32
             rounding, about 1e-7 relative per step).
+        kl_estimator: `k3_unbiased` (k3 · π/π_old: the unbiased reverse-KL gradient, TRL's default) or
+            `k3` (as in the GRPO paper: the forward-KL gradient).
     """
 
     batch_type: ClassVar[type] = PromptBatch
@@ -75,6 +86,7 @@ class GRPO(Objective):
         updates_per_batch: int = 1,
         max_grad_norm: float | None = 1.0,
         merge_for_sampling: bool = False,
+        kl_estimator: KLEstimator = "k3_unbiased",
     ) -> None:
         super().__init__()
         from ftlab.errors import FTLabError
@@ -99,6 +111,9 @@ class GRPO(Objective):
         self.updates_per_batch = updates_per_batch
         self.max_grad_norm = max_grad_norm
         self.merge_for_sampling = merge_for_sampling
+        if kl_estimator not in ("k3", "k3_unbiased"):
+            raise FTLabError(f"GRPO kl_estimator must be 'k3' or 'k3_unbiased', got {kl_estimator!r}")
+        self.kl_estimator = kl_estimator
 
     def rollout(self, ctx: StepContext, batch: PromptBatch, num_samples: int) -> tuple[Rollout, float]:
         started = time.perf_counter()
@@ -147,7 +162,7 @@ class GRPO(Objective):
         per_token, clipped = clipped_policy_loss(logps, old, buffer.advantages, self.epsilon, self.epsilon_high)
         metrics = {"clip_fraction": masked_mean(clipped, mask), "entropy": masked_mean(entropy, mask)}
         if buffer.ref_logps is not None:
-            kl = k3_kl(logps, buffer.ref_logps)
+            kl = kl_penalty(logps, buffer.ref_logps, old, self.kl_estimator)
             per_token = per_token + self.beta * kl
             metrics["kl"] = masked_mean(kl.detach(), mask)
         loss = aggregate(per_token, mask, self.loss_level)

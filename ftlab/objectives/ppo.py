@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from ftlab.objectives.rl_math import (
     clipped_value_loss,
     explained_variance,
     gae,
+    k3_kl,
     masked_mean,
     masked_whiten,
 )
@@ -78,6 +79,8 @@ class PPO(Objective):
         merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
             (faster decoding; but the frozen base weights, the reference, come back only within float32
             rounding, about 1e-7 relative per step).
+        kl_estimator: Per-token KL of the reward penalty: `k1` (log π_old − log π_ref, InstructGPT) or
+            `k3` (Schulman's k3, never negative). A reward carries no gradient, so no ratio weighting applies.
     """
 
     batch_type: ClassVar[type] = PromptBatch
@@ -103,6 +106,7 @@ class PPO(Objective):
         whiten_advantages: bool = True,
         max_grad_norm: float | None = 1.0,
         merge_for_sampling: bool = False,
+        kl_estimator: Literal["k1", "k3"] = "k1",
     ) -> None:
         super().__init__()
         if not rewards:
@@ -121,6 +125,9 @@ class PPO(Objective):
         self.whiten_advantages = whiten_advantages
         self.max_grad_norm = max_grad_norm
         self.merge_for_sampling = merge_for_sampling
+        if kl_estimator not in ("k1", "k3"):
+            raise FTLabError(f"PPO kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
+        self.kl_estimator = kl_estimator
         self.value_head: nn.Module | None = None
 
     def setup_model(self, model: nn.Module) -> None:
@@ -153,7 +160,8 @@ class PPO(Objective):
             kl = torch.zeros_like(old_logps)
             if self.needs_reference:
                 with ctx.reference() as reference:
-                    kl = (old_logps - completion_logps(reference, rollout, entropy=False)[0]) * mask
+                    ref_logps = completion_logps(reference, rollout, entropy=False)[0]
+                    kl = (old_logps - ref_logps if self.kl_estimator == "k1" else k3_kl(old_logps, ref_logps)) * mask
         coef = self.kl.value if self.kl is not None else self.kl_coef
         rewards = -coef * kl
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # the score arrives with the last completion token
