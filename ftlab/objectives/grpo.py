@@ -16,15 +16,16 @@ group (no replay across batches).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 
 from ftlab.batches import PromptBatch
-from ftlab.objectives.base import Metrics, Objective, StepContext
+from ftlab.errors import FTLabError
+from ftlab.objectives.base import StepContext
+from ftlab.objectives.online import OnlineRL, Sampler
 from ftlab.objectives.rl_math import (
     KLEstimator,
     aggregate,
@@ -33,8 +34,8 @@ from ftlab.objectives.rl_math import (
     kl_penalty,
     masked_mean,
 )
-from ftlab.objectives.rollouts import Rollout, completion_logps, sample
-from ftlab.rewards.sources import RewardSource, total_reward
+from ftlab.objectives.rollouts import Rollout, completion_logps
+from ftlab.rewards.sources import RewardSource
 
 
 @dataclass
@@ -45,7 +46,7 @@ class GRPOBuffer:
     ref_logps: torch.Tensor | None  # [N, C]; None when β = 0
 
 
-class GRPO(Objective):
+class GRPO(OnlineRL):
     """GRPO with verifiable rewards (functions) or a reward model.
 
     Args:
@@ -64,12 +65,10 @@ class GRPO(Objective):
         merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
             (faster decoding; but the frozen base weights, the reference, come back only within float32
             rounding, about 1e-7 relative per step).
+        sampler: `generate` or `static` (see OnlineRL).
         kl_estimator: `k3_unbiased` (k3 · π/π_old: the unbiased reverse-KL gradient, TRL's default) or
             `k3` (as in the GRPO paper: the forward-KL gradient).
     """
-
-    batch_type: ClassVar[type] = PromptBatch
-    needs_rollouts: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -87,21 +86,16 @@ class GRPO(Objective):
         max_grad_norm: float | None = 1.0,
         merge_for_sampling: bool = False,
         kl_estimator: KLEstimator = "k3_unbiased",
+        sampler: Sampler = "generate",
     ) -> None:
-        super().__init__()
-        from ftlab.errors import FTLabError
-
-        if not rewards:
-            raise FTLabError("GRPO needs at least one reward source")
+        super().__init__(rewards, max_new_tokens, temperature, top_p, max_grad_norm, merge_for_sampling, sampler)
         if num_generations < 2:
             raise FTLabError(
                 f"GRPO num_generations must be at least 2 to compare within a group, got {num_generations}"
             )
-        self.rewards = list(rewards)
+        if kl_estimator not in ("k3", "k3_unbiased"):
+            raise FTLabError(f"GRPO kl_estimator must be 'k3' or 'k3_unbiased', got {kl_estimator!r}")
         self.num_generations = num_generations
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
         self.beta = beta
         self.needs_reference = beta > 0  # type: ignore[misc]  # per instance: β = 0 needs no reference
         self.epsilon = epsilon
@@ -109,30 +103,11 @@ class GRPO(Objective):
         self.scale_rewards = scale_rewards
         self.loss_level = loss_level
         self.updates_per_batch = updates_per_batch
-        self.max_grad_norm = max_grad_norm
-        self.merge_for_sampling = merge_for_sampling
-        if kl_estimator not in ("k3", "k3_unbiased"):
-            raise FTLabError(f"GRPO kl_estimator must be 'k3' or 'k3_unbiased', got {kl_estimator!r}")
         self.kl_estimator = kl_estimator
 
-    def rollout(self, ctx: StepContext, batch: PromptBatch, num_samples: int) -> tuple[Rollout, float]:
-        started = time.perf_counter()
-        rollout = sample(
-            ctx.model,
-            ctx.tokenizer,
-            batch,
-            num_samples,
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            merge=self.merge_for_sampling,
-        )
-        return rollout, time.perf_counter() - started
-
     def make_rollouts(self, ctx: StepContext, batch: PromptBatch) -> tuple[GRPOBuffer, dict[str, torch.Tensor]]:
-        rollout, seconds = self.rollout(ctx, batch, self.num_generations)
-        device = rollout.sequences.device
-        rewards, parts = total_reward(self.rewards, rollout, device)
+        rollout = self.rollout(ctx, batch, self.num_generations)
+        rewards, parts = self.score(rollout)
         advantages = group_advantages(rewards, self.num_generations, scale=self.scale_rewards)
         with torch.no_grad():
             old = completion_logps(ctx.model, rollout, entropy=False)[0] if self.updates_per_batch > 1 else None
@@ -146,7 +121,6 @@ class GRPO(Objective):
             "reward_std": ctx.std_over_ranks(rewards),  # over every rank's rewards
             "reward_group_std": groups.std(dim=1).mean(),
             "completion_length": rollout.completion_mask.sum(-1).mean(),
-            "perf/generate_seconds": torch.tensor(seconds),
             **parts,
         }
         return GRPOBuffer(rollout, advantages, old, ref), metrics
@@ -168,8 +142,3 @@ class GRPO(Objective):
         loss = aggregate(per_token, mask, self.loss_level)
         metrics["loss"] = loss.detach()
         return loss, metrics
-
-    def validation_step(self, ctx: StepContext, batch: PromptBatch) -> Metrics:
-        rollout, _ = self.rollout(ctx, batch, 1)
-        rewards, parts = total_reward(self.rewards, rollout, rollout.sequences.device)
-        return {"reward": rewards.mean(), "completion_length": rollout.completion_mask.sum(-1).mean(), **parts}

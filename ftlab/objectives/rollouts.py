@@ -118,19 +118,21 @@ def sample(
     top_k: int = 0,
     merge: bool = False,
     do_sample: bool = True,
+    engine: str = "generate",
 ) -> Rollout:
     """G = `num_samples` completions per prompt (adjacent rows). `merge`: sample with the adapter merged;
-    `do_sample=False` decodes greedily (tests compare the fast paths with plain `generate` that way)."""
+    `do_sample=False` decodes greedily (tests compare the fast paths with plain `generate` that way);
+    `engine`: `generate` (transformers) or `static` (`static_decode.static_generate`)."""
     stop = stop_ids(model, tokenizer)
     # the prompt is prefilled once (below) when it has a token before the last and G > 1
-    share = num_samples > 1 and batch.input_ids.shape[1] > 1 and not _prompt_learning(model)
+    share = engine == "generate" and num_samples > 1 and batch.input_ids.shape[1] > 1 and not _prompt_learning(model)
     config = GenerationConfig(
         do_sample=do_sample,
         temperature=temperature if do_sample else None,
         top_p=top_p if do_sample else None,
         top_k=top_k if do_sample else None,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=1 if share else num_samples,
+        num_return_sequences=1 if share or engine == "static" else num_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stop,
         use_cache=True,
@@ -141,10 +143,17 @@ def sample(
         with torch.no_grad(), merged(model, merge):
             extra: dict[str, Any] = {}
             ids, mask = batch.input_ids, batch.attention_mask
-            if share:
+            if share:  # the static engine prefills every row itself
                 extra["past_key_values"] = _shared_prefill(model, batch, num_samples)
                 ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+            if engine == "static":
+                from ftlab.objectives.static_decode import static_generate
+
+                out = static_generate(
+                    model, ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0), config
+                )
+            else:
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
     finally:
         model.train(was_training)
     prompt_length = batch.input_ids.shape[1]
