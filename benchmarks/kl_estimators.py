@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-
 from rl_learning import REPO, RewardCurve, pretrain
 
 
