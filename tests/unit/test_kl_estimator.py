@@ -96,3 +96,18 @@ def test_grpo_loss_and_gradient_match_trl(estimator: str, mu_above_one: bool) ->
     y = base.clone().requires_grad_(True)
     aggregate(kl_penalty(y, ref, y.detach(), estimator), mask, "token").backward()
     assert not torch.allclose(x.grad, y.grad)
+
+
+def test_unknown_estimator_or_sampler_is_refused_by_name() -> None:
+    from ftlab.errors import FTLabError
+    from ftlab.objectives import GRPO, PPO
+    from ftlab.rewards import FunctionReward, TokenShare
+
+    rewards = [FunctionReward(TokenShare(token_id=5))]
+    with pytest.raises(FTLabError, match="GRPO kl_estimator must be 'k3' or 'k3_unbiased', got 'k1'"):
+        GRPO(rewards=rewards, kl_estimator="k1")  # type: ignore[arg-type]
+    with pytest.raises(FTLabError, match="PPO kl_estimator must be 'k1' or 'k3', got 'k3_unbiased'"):
+        PPO(rewards=rewards, kl_estimator="k3_unbiased")  # type: ignore[arg-type]
+    with pytest.raises(FTLabError, match="GRPO sampler must be 'generate' or 'static', got 'vllm'"):
+        GRPO(rewards=rewards, sampler="vllm")  # type: ignore[arg-type]
+    assert GRPO(rewards=rewards).kl_estimator == "k3_unbiased" and PPO(rewards=rewards).kl_estimator == "k1"
