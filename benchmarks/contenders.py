@@ -109,7 +109,8 @@ def ftlab_dpo(name: str, warmup: int, steps: int, memory: bool, profile: bool) -
 
 
 def ftlab_grpo(name: str, warmup: int, steps: int, memory: bool, profile: bool) -> dict[str, Any]:
-    """ftlab GRPO with LoRA; `ftlab_grpo_merged`: the same with `merge_for_sampling=True`."""
+    """ftlab GRPO with LoRA; `ftlab_grpo_merged`: the same with `merge_for_sampling=True`;
+    `ftlab_grpo_static`: the same with `sampler="static"` (static KV cache decode loop)."""
     from ftlab.objectives import GRPO
     from ftlab.rewards import FunctionReward
 
@@ -128,6 +129,7 @@ def ftlab_grpo(name: str, warmup: int, steps: int, memory: bool, profile: bool) 
         updates_per_batch=1,
         max_grad_norm=1.0,
         merge_for_sampling=name.endswith("merged"),
+        sampler="static" if name.endswith("static") else "generate",
     )
     module = _module("lora", objective)
     clock = c.Clock(warmup, steps)

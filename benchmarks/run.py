@@ -46,7 +46,7 @@ PAIRS: dict[str, tuple[str, ...]] = {
     "hand_full": ("hand_full", "ftlab_sft_full"),
     "trl_sft": ("trl_sft", "ftlab_sft_lora"),
     "trl_dpo": ("trl_dpo", "ftlab_dpo"),
-    "trl_grpo": ("trl_grpo", "ftlab_grpo", "ftlab_grpo_merged"),
+    "trl_grpo": ("trl_grpo", "ftlab_grpo", "ftlab_grpo_merged", "ftlab_grpo_static"),
 }
 MEMORY_ONLY = {"trl_dpo": ("ftlab_sft_pairs",)}
 SCALING = [(64, 8), (128, 8), (256, 8), (256, 4), (256, 2)]  # (sequence length, batch size)

@@ -28,4 +28,9 @@ def check_composition(method: Method, objective: Objective, datamodule: Any, str
         )
     if getattr(datamodule, "packing", False) and not method.supports_packing:
         raise FTLabError(f"method {method.name} cannot train on packed rows; set data packing: false")
+    if getattr(objective, "sampler", None) == "static" and method.virtual_tokens:
+        raise FTLabError(
+            f"objective {objective.name} sampler static cannot decode with method {method.name}'s virtual tokens; "
+            "use sampler: generate"
+        )
     distributed.check_strategy(method, strategy)

@@ -215,9 +215,9 @@ class FineTuneModule(pl.LightningModule):
             updates.append(step_metrics)
         for name in updates[0]:
             metrics[name] = torch.stack([u[name] for u in updates]).mean()
-        generating = metrics.pop("perf/generate_seconds", None)
+        generating = self.objective.generate_seconds
         if generating is not None:
-            metrics["perf/generation_share"] = generating / max(time.perf_counter() - started, 1e-9)
+            metrics["perf/generation_share"] = torch.tensor(generating / max(time.perf_counter() - started, 1e-9))
         self._log_train(metrics, len(batch), sync=True)  # rewards and KL: the mean over every rank's rollouts
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

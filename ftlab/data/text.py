@@ -2,7 +2,9 @@
 
 The files are read whole (plain text: `.txt`, `.raw`, any other suffix, optionally `.gz`; or rows of
 json/jsonl/csv/parquet with a text column, one document per row), tokenized without special tokens,
-joined into one stream with the EOS token after each document, and chunked into rows of exactly
+joined into one stream with each document between BOS and EOS (those the tokenizer has; BOS as
+`PromptDataModule`'s prompts and the chat template begin, so the same convention holds when a model
+trained here on raw text is then prompted or fine-tuned), and chunked into rows of exactly
 `max_length` tokens (the last, shorter row is kept). Labels equal the input ids everywhere, so the
 SFT objective on these batches is plain language modelling (next-token NLL over every token); the
 objective shifts the labels, so each row predicts its own `max_length - 1` next tokens.
@@ -64,13 +66,15 @@ def read_documents(spec: str, text_field: str = "text") -> list[str]:
 
 
 def tokenize_stream(tokenizer: PreTrainedTokenizerBase, documents: list[str]) -> list[int]:
-    """Token ids of the documents, each followed by EOS (when the tokenizer has one).
+    """Token ids of the documents, each preceded by BOS and followed by EOS (those the tokenizer has).
 
     A long document is tokenized paragraph by paragraph (split on blank lines, the newlines kept),
     which gives the same ids as one call on a byte-level BPE up to the merges across the split."""
-    eos = tokenizer.eos_token_id
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     ids: list[int] = []
     for doc in documents:
+        if bos is not None:
+            ids.append(bos)
         parts = [p + "\n\n" for p in doc.split("\n\n")]
         parts[-1] = parts[-1][:-2]
         parts = [p for p in parts if p]

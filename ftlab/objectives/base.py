@@ -78,6 +78,8 @@ class Objective(nn.Module):
     optimizer steps, one per item of `minibatches(rollouts)`; the module runs those steps."""
     max_grad_norm: float | None = None
     """Gradient-norm clipping the module applies to each of the objective's own optimizer steps."""
+    generate_seconds: float | None = None
+    """Online RL: seconds the last `make_rollouts` spent sampling (the module logs their share of the step)."""
 
     def make_rollouts(self, ctx: StepContext, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         """Sample, score and prepare what the updates need, without gradients: (buffer, metrics)."""

@@ -3,7 +3,9 @@
 For each prompt, G completions are sampled; their rewards minus the group mean (divided by the
 group's std unless `scale_rewards` is off, as Dr. GRPO) are every token's advantage. The loss is
 PPO's clipped surrogate on the ratio to the sampling policy (ε_low, ε_high as DAPO's clip-higher),
-plus β · KL(π‖π_ref) with the k3 estimator; β = 0 computes no reference at all. Each rollout batch
+plus β · KL(π‖π_ref) with the k3 estimator, weighted by π/π_old (`kl_estimator="k3_unbiased"`, the
+default, the unbiased gradient of the reverse KL, as TRL) or as it is (`"k3"`, the GRPO paper, whose
+gradient is that of the forward KL); β = 0 computes no reference at all. Each rollout batch
 is used for `updates_per_batch` (μ) optimizer steps; with μ = 1 the sampling policy is the current
 one, so its log-probabilities are the detached current ones and cost no extra pass.
 
@@ -14,16 +16,17 @@ group (no replay across batches).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 
 from ftlab.batches import PromptBatch
-from ftlab.objectives.base import Metrics, Objective, StepContext
-from ftlab.objectives.rl_math import LossLevel, aggregate, clipped_policy_loss, k3_kl, masked_mean
+from ftlab.errors import FTLabError
+from ftlab.objectives.base import StepContext
+from ftlab.objectives.online import OnlineRL, Sampler
+from ftlab.objectives.rl_math import KLEstimator, LossLevel, aggregate, clipped_policy_loss, kl_penalty, masked_mean
 from ftlab.objectives.rl_variants import (
     Advantage,
     advantages,
@@ -32,8 +35,8 @@ from ftlab.objectives.rl_variants import (
     overlong_penalty,
     sequence_log_ratio,
 )
-from ftlab.objectives.rollouts import Rollout, completion_logps, sample
-from ftlab.rewards.sources import RewardSource, total_reward
+from ftlab.objectives.rollouts import Rollout, completion_logps
+from ftlab.rewards.sources import RewardSource
 
 
 @dataclass
@@ -44,7 +47,7 @@ class GRPOBuffer:
     ref_logps: torch.Tensor | None  # [N, C]; None when β = 0
 
 
-class GRPO(Objective):
+class GRPO(OnlineRL):
     """GRPO with verifiable rewards (functions) or a reward model.
 
     Args:
@@ -75,10 +78,10 @@ class GRPO(Objective):
         merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
             (faster decoding; but the frozen base weights, the reference, come back only within float32
             rounding, about 1e-7 relative per step).
+        sampler: `generate` or `static` (see OnlineRL).
+        kl_estimator: `k3_unbiased` (k3 · π/π_old: the unbiased reverse-KL gradient, TRL's default) or
+            `k3` (as in the GRPO paper: the forward-KL gradient).
     """
-
-    batch_type: ClassVar[type] = PromptBatch
-    needs_rollouts: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -100,21 +103,17 @@ class GRPO(Objective):
         importance_level: Literal["token", "sequence"] = "token",
         dynamic_sampling: bool = False,
         overlong_buffer: int = 0,
+        kl_estimator: KLEstimator = "k3_unbiased",
+        sampler: Sampler = "generate",
     ) -> None:
-        super().__init__()
-        from ftlab.errors import FTLabError
-
-        if not rewards:
-            raise FTLabError("GRPO needs at least one reward source")
+        super().__init__(rewards, max_new_tokens, temperature, top_p, max_grad_norm, merge_for_sampling, sampler)
         if num_generations < 2:
             raise FTLabError(
                 f"GRPO num_generations must be at least 2 to compare within a group, got {num_generations}"
             )
-        self.rewards = list(rewards)
+        if kl_estimator not in ("k3", "k3_unbiased"):
+            raise FTLabError(f"GRPO kl_estimator must be 'k3' or 'k3_unbiased', got {kl_estimator!r}")
         self.num_generations = num_generations
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
         self.beta = beta
         self.needs_reference = beta > 0  # type: ignore[misc]  # per instance: β = 0 needs no reference
         self.epsilon = epsilon
@@ -122,33 +121,16 @@ class GRPO(Objective):
         self.scale_rewards = scale_rewards
         self.loss_level = loss_level
         self.updates_per_batch = updates_per_batch
-        self.max_grad_norm = max_grad_norm
-        self.merge_for_sampling = merge_for_sampling
         self.global_tokens = global_tokens
         self.advantage = advantage
         self.importance_level = importance_level
         self.dynamic_sampling = dynamic_sampling
         self.overlong_buffer = overlong_buffer
-
-    def rollout(self, ctx: StepContext, batch: PromptBatch, num_samples: int) -> tuple[Rollout, float]:
-        started = time.perf_counter()
-        rollout = sample(
-            ctx.model,
-            ctx.tokenizer,
-            batch,
-            num_samples,
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            merged=ctx.merged if self.merge_for_sampling else None,
-            virtual_tokens=ctx.virtual_tokens,
-        )
-        return rollout, time.perf_counter() - started
+        self.kl_estimator = kl_estimator
 
     def make_rollouts(self, ctx: StepContext, batch: PromptBatch) -> tuple[GRPOBuffer, dict[str, torch.Tensor]]:
-        rollout, seconds = self.rollout(ctx, batch, self.num_generations)
-        device = rollout.sequences.device
-        rewards, parts = total_reward(self.rewards, rollout, device)
+        rollout = self.rollout(ctx, batch, self.num_generations)
+        rewards, parts = self.score(rollout)
         lengths = rollout.completion_mask.sum(-1)
         if self.overlong_buffer > 0:
             rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer)
@@ -172,7 +154,6 @@ class GRPO(Objective):
             "reward_std": ctx.std_over_ranks(rewards),  # over every rank's rewards
             "reward_group_std": groups.std(dim=1).mean(),
             "completion_length": lengths.mean(),  # of every sample, before dynamic sampling
-            "perf/generate_seconds": torch.tensor(seconds),
             **parts,
         }
         if self.dynamic_sampling:
@@ -196,15 +177,10 @@ class GRPO(Objective):
         )
         metrics = {"clip_fraction": masked_mean(clipped, mask), "entropy": masked_mean(entropy, mask)}
         if buffer.ref_logps is not None:
-            kl = k3_kl(logps, buffer.ref_logps)
+            kl = kl_penalty(logps, buffer.ref_logps, old, self.kl_estimator)
             per_token = per_token + self.beta * kl
             metrics["kl"] = masked_mean(kl.detach(), mask)
         tokens = global_token_divisor(mask, ctx) if self.global_tokens and self.loss_level == "token" else None
         loss = aggregate(per_token, mask, self.loss_level, max_length=self.max_new_tokens, tokens=tokens)
         metrics["loss"] = loss.detach()
         return loss, metrics
-
-    def validation_step(self, ctx: StepContext, batch: PromptBatch) -> Metrics:
-        rollout, _ = self.rollout(ctx, batch, 1)
-        rewards, parts = total_reward(self.rewards, rollout, rollout.sequences.device)
-        return {"reward": rewards.mean(), "completion_length": rollout.completion_mask.sum(-1).mean(), **parts}

@@ -12,10 +12,9 @@ backbone (and its method's trainable weights).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -23,18 +22,20 @@ from torch import nn
 from ftlab.batches import PromptBatch
 from ftlab.errors import FTLabError
 from ftlab.models.heads import ClassifierHead
-from ftlab.objectives.base import Metrics, Objective, StepContext
+from ftlab.objectives.base import StepContext
+from ftlab.objectives.online import OnlineRL, Sampler
 from ftlab.objectives.rl_math import (
     AdaptiveKL,
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
     gae,
+    k3_kl,
     masked_mean,
     masked_whiten,
 )
-from ftlab.objectives.rollouts import Rollout, completion_logps, sample
-from ftlab.rewards.sources import RewardSource, total_reward
+from ftlab.objectives.rollouts import Rollout, completion_logps
+from ftlab.rewards.sources import RewardSource
 
 
 @dataclass
@@ -55,7 +56,7 @@ class PPOBuffer:
         )
 
 
-class PPO(Objective):
+class PPO(OnlineRL):
     """PPO with a value head, GAE and a per-token KL penalty to the reference.
 
     Args:
@@ -78,10 +79,11 @@ class PPO(Objective):
         merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
             (faster decoding; but the frozen base weights, the reference, come back only within float32
             rounding, about 1e-7 relative per step).
+        sampler: `generate` or `static` (see OnlineRL).
+        kl_estimator: Per-token KL of the reward penalty: `k1` (log π_old − log π_ref, InstructGPT) or
+            `k3` (Schulman's k3, never negative). A reward carries no gradient, so no ratio weighting applies.
     """
 
-    batch_type: ClassVar[type] = PromptBatch
-    needs_rollouts: ClassVar[bool] = True
     has_head: ClassVar[bool] = True
 
     def __init__(
@@ -103,14 +105,10 @@ class PPO(Objective):
         whiten_advantages: bool = True,
         max_grad_norm: float | None = 1.0,
         merge_for_sampling: bool = False,
+        kl_estimator: Literal["k1", "k3"] = "k1",
+        sampler: Sampler = "generate",
     ) -> None:
-        super().__init__()
-        if not rewards:
-            raise FTLabError("PPO needs at least one reward source")
-        self.rewards = list(rewards)
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
+        super().__init__(rewards, max_new_tokens, temperature, top_p, max_grad_norm, merge_for_sampling, sampler)
         self.kl = AdaptiveKL(kl_coef, kl_target, kl_horizon) if kl_target is not None else None
         self.kl_coef = kl_coef
         self.needs_reference = kl_coef > 0  # type: ignore[misc]
@@ -119,8 +117,9 @@ class PPO(Objective):
         self.epochs = epochs
         self.minibatch_size = minibatch_size
         self.whiten_advantages = whiten_advantages
-        self.max_grad_norm = max_grad_norm
-        self.merge_for_sampling = merge_for_sampling
+        if kl_estimator not in ("k1", "k3"):
+            raise FTLabError(f"PPO kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
+        self.kl_estimator = kl_estimator
         self.value_head: nn.Module | None = None
 
     def setup_model(self, model: nn.Module) -> None:
@@ -133,28 +132,17 @@ class PPO(Objective):
         return self.value_head(hidden.to(weight.dtype)).squeeze(-1).float()
 
     def make_rollouts(self, ctx: StepContext, batch: PromptBatch) -> tuple[PPOBuffer, dict[str, torch.Tensor]]:
-        started = time.perf_counter()
-        rollout = sample(
-            ctx.model,
-            ctx.tokenizer,
-            batch,
-            1,
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            merged=ctx.merged if self.merge_for_sampling else None,
-            virtual_tokens=ctx.virtual_tokens,
-        )
-        seconds = time.perf_counter() - started
+        rollout = self.rollout(ctx, batch, 1)
         mask = rollout.completion_mask
-        scores, parts = total_reward(self.rewards, rollout, mask.device)
+        scores, parts = self.score(rollout)
         with torch.no_grad():
             old_logps, _, hidden = completion_logps(ctx.model, rollout, hidden=True, entropy=False)
             old_values = self.values(hidden) * mask
             kl = torch.zeros_like(old_logps)
             if self.needs_reference:
                 with ctx.reference() as reference:
-                    kl = (old_logps - completion_logps(reference, rollout, entropy=False)[0]) * mask
+                    ref_logps = completion_logps(reference, rollout, entropy=False)[0]
+                    kl = (old_logps - ref_logps if self.kl_estimator == "k1" else k3_kl(old_logps, ref_logps)) * mask
         coef = self.kl.value if self.kl is not None else self.kl_coef
         rewards = -coef * kl
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # the score arrives with the last completion token
@@ -171,7 +159,6 @@ class PPO(Objective):
             "kl": kl_per_sequence,
             "kl_coef": torch.tensor(coef),
             "completion_length": mask.sum(-1).mean(),
-            "perf/generate_seconds": torch.tensor(seconds),
             **parts,
         }
         return PPOBuffer(rollout, old_logps, old_values, advantages, returns), metrics
@@ -201,18 +188,3 @@ class PPO(Objective):
             "approx_kl": masked_mean(0.5 * (logps.detach() - buffer.old_logps) ** 2, mask),
             "explained_variance": explained_variance(values.detach(), buffer.returns, mask),
         }
-
-    def validation_step(self, ctx: StepContext, batch: PromptBatch) -> Metrics:
-        rollout = sample(
-            ctx.model,
-            ctx.tokenizer,
-            batch,
-            1,
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            merged=ctx.merged if self.merge_for_sampling else None,
-            virtual_tokens=ctx.virtual_tokens,
-        )
-        scores, parts = total_reward(self.rewards, rollout, rollout.sequences.device)
-        return {"reward": scores.mean(), "completion_length": rollout.completion_mask.sum(-1).mean(), **parts}

@@ -54,6 +54,27 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+KLEstimator = Literal["k3", "k3_unbiased"]
+
+
+def kl_penalty(
+    logps: torch.Tensor, ref_logps: torch.Tensor, old_logps: torch.Tensor, estimator: KLEstimator
+) -> torch.Tensor:
+    """Per-token KL penalty of GRPO's loss on tokens sampled from π_old.
+
+    `k3`: k3 as it is (the GRPO paper). Its value estimates KL(π‖π_ref), but with π_old = π its expected
+    gradient is E_π[(1 − π_ref/π) ∇log π] = −Σ π_ref ∇log π, that of the forward KL(π_ref‖π).
+    `k3_unbiased`: k3 · π/π_old (TRL's `use_bias_correction_kl`, its default). The ratio is 1 in value
+    when π_old is the current policy (μ = 1), so the logged KL is the same; its gradient adds
+    k3 · ∇log π, which makes the whole the unbiased gradient of the reverse KL(π‖π_ref)."""
+    kl = k3_kl(logps, ref_logps)
+    if estimator == "k3_unbiased":
+        kl = kl * torch.exp(logps - old_logps)
+    elif estimator != "k3":
+        raise ValueError(f"kl_estimator must be 'k3' or 'k3_unbiased', got {estimator!r}")
+    return kl
+
+
 LossLevel = Literal["token", "sequence", "dr_grpo"]
 """How a token-level RL loss becomes one number; see `aggregate`."""
 

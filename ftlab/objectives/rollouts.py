@@ -30,6 +30,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ftlab.batches import PromptBatch
+from ftlab.errors import FTLabError
 
 
 @dataclass
@@ -99,20 +100,24 @@ def sample(
     merged: Callable[[], AbstractContextManager[nn.Module]] | None = None,
     do_sample: bool = True,
     virtual_tokens: int = 0,
+    engine: str = "generate",
 ) -> Rollout:
     """G = `num_samples` completions per prompt (adjacent rows). `merged`: the policy with its method folded
     into the weights, to sample with; `virtual_tokens`: the method's (the step context gives both);
-    `do_sample=False` decodes greedily (tests compare the fast paths with plain `generate` that way)."""
+    `do_sample=False` decodes greedily (tests compare the fast paths with plain `generate` that way);
+    `engine`: `generate` (transformers) or `static` (`static_decode.static_generate`, not with virtual tokens)."""
+    if engine == "static" and virtual_tokens:
+        raise FTLabError("the static sampler cannot decode with virtual tokens (prefix, prompt); use sampler: generate")
     stop = stop_ids(model, tokenizer)
     # the prompt is prefilled once (below) when it has a token before the last and G > 1
-    share = num_samples > 1 and batch.input_ids.shape[1] > 1 and not virtual_tokens
+    share = engine == "generate" and num_samples > 1 and batch.input_ids.shape[1] > 1 and not virtual_tokens
     config = GenerationConfig(
         do_sample=do_sample,
         temperature=temperature if do_sample else None,
         top_p=top_p if do_sample else None,
         top_k=top_k if do_sample else None,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=1 if share else num_samples,
+        num_return_sequences=1 if share or engine == "static" else num_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stop,
         use_cache=True,
@@ -123,10 +128,17 @@ def sample(
         with torch.no_grad(), (merged or nullcontext)():
             extra: dict[str, Any] = {}
             ids, mask = batch.input_ids, batch.attention_mask
-            if share:
+            if share:  # the static engine prefills every row itself
                 extra["past_key_values"] = _shared_prefill(model, batch, num_samples)
                 ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+            if engine == "static":
+                from ftlab.objectives.static_decode import static_generate
+
+                out = static_generate(
+                    model, ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0), config
+                )
+            else:
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
     finally:
         model.train(was_training)
     prompt_length = batch.input_ids.shape[1]

@@ -133,7 +133,8 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 def test_text_datamodule_labels_every_token_in_rows_of_max_length(tokenizer, tmp_path: Path) -> None:
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog.\r\n\r\nA second paragraph, with more words in it.\n")
-    ids = tokenizer("The quick brown fox jumps over the lazy dog.\n\n", add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.bos_token_id]  # each document begins with BOS, as prompts do
+    ids += tokenizer("The quick brown fox jumps over the lazy dog.\n\n", add_special_tokens=False)["input_ids"]
     ids += tokenizer("A second paragraph, with more words in it.\n", add_special_tokens=False)["input_ids"]
     ids.append(tokenizer.eos_token_id)
     dm = TextDataModule(train=str(text), max_length=8, batch_size=64)
