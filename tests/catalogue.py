@@ -67,6 +67,7 @@ YAML_COMPANIONS: dict[str, list[str]] = {
     "data/synthetic_prompts.yaml": ["objectives/grpo.yaml"],
     "objectives/grpo.yaml": ["data/synthetic_prompts.yaml"],
     "objectives/ppo.yaml": ["data/synthetic_prompts.yaml"],
+    "base/speed_gpu.yaml": ["methods/lora.yaml"],  # frozen_dtype needs frozen weights: not the quickstart's Full
     "objectives/ipo.yaml": ["data/preference_example.yaml"],
     "objectives/kto.yaml": ["data/feedback_example.yaml"],
     "data/feedback_example.yaml": ["objectives/kto.yaml"],

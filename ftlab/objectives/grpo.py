@@ -177,7 +177,7 @@ class GRPO(OnlineRL):
         )
         metrics = {"clip_fraction": masked_mean(clipped, mask), "entropy": masked_mean(entropy, mask)}
         if buffer.ref_logps is not None:
-            kl = kl_penalty(logps, buffer.ref_logps, old, self.kl_estimator)
+            kl = kl_penalty(logps, buffer.ref_logps, old, self.kl_estimator, log_ratio=ratio_logps - ratio_old)
             per_token = per_token + self.beta * kl
             metrics["kl"] = masked_mean(kl.detach(), mask)
         tokens = global_token_divisor(mask, ctx) if self.global_tokens and self.loss_level == "token" else None

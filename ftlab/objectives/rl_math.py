@@ -58,7 +58,11 @@ KLEstimator = Literal["k3", "k3_unbiased"]
 
 
 def kl_penalty(
-    logps: torch.Tensor, ref_logps: torch.Tensor, old_logps: torch.Tensor, estimator: KLEstimator
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    estimator: KLEstimator,
+    log_ratio: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token KL penalty of GRPO's loss on tokens sampled from π_old.
 
@@ -66,10 +70,12 @@ def kl_penalty(
     gradient is E_π[(1 − π_ref/π) ∇log π] = −Σ π_ref ∇log π, that of the forward KL(π_ref‖π).
     `k3_unbiased`: k3 · π/π_old (TRL's `use_bias_correction_kl`, its default). The ratio is 1 in value
     when π_old is the current policy (μ = 1), so the logged KL is the same; its gradient adds
-    k3 · ∇log π, which makes the whole the unbiased gradient of the reverse KL(π‖π_ref)."""
+    k3 · ∇log π, which makes the whole the unbiased gradient of the reverse KL(π‖π_ref).
+    `log_ratio`: the importance log-ratio of the policy loss when it is not the token's log π − log π_old
+    (GSPO's sequence-level ratio); the correction uses the same ratio as the loss, as TRL does."""
     kl = k3_kl(logps, ref_logps)
     if estimator == "k3_unbiased":
-        kl = kl * torch.exp(logps - old_logps)
+        kl = kl * torch.exp(logps - old_logps if log_ratio is None else log_ratio)
     elif estimator != "k3":
         raise ValueError(f"kl_estimator must be 'k3' or 'k3_unbiased', got {estimator!r}")
     return kl

@@ -46,6 +46,8 @@ def test_yaml_instantiates(name: str, tiny_llama, tmp_path: Path, monkeypatch: p
     text = "".join(p.read_text() for p in [path, *companions])
     if "../shared/data" in text and not (REPO.parent / "shared" / "data").is_dir():
         pytest.skip("the shared offline data folder is not beside this checkout")
+    if "ftlab.chain.FromRun" in text:
+        pytest.skip("it starts from the quickstart's finished run: tests/integration/test_readme.py fits both in order")
     extra: list[str] = []
     if "ftlab.models.Pretrained" in text:  # point the real-model template at a local saved model
         extra.append(f"--model.backbone.init_args.name_or_path={tiny_llama.model_dir(AutoModelForCausalLM)}")

@@ -252,14 +252,17 @@ def test_the_cli_trainer_leaves_sigusr1_to_ftlab_under_slurm(monkeypatch: pytest
 
 # a stand-in for the `python` the sbatch templates exec: records the arguments it got
 FAKE_PYTHON = '#!/bin/sh\nprintf "%s\\n" "$*" > "$FAKE_OUT"\n'
+# and for `srun` (the templates start the tasks with it): drops its options and runs the command itself
+FAKE_SRUN = '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n'
 
 
 def run_template(template: str, run: Path, tmp: Path) -> str:
     """Runs slurm/<template> as the batch script would (array fields filled in by hand); the python args."""
     bin_dir, out = tmp / "bin", tmp / "args.txt"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python").write_text(FAKE_PYTHON)
-    (bin_dir / "python").chmod(0o755)
+    for name, text in (("python", FAKE_PYTHON), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_OUT": str(out), "SLURM_JOB_ID": "9"}
     script = REPO / "slurm" / template
     if template == "array.sbatch":

@@ -184,8 +184,9 @@ GRPO_CASES = {
 }
 
 
+@pytest.mark.parametrize("kl_estimator", ["k3", "k3_unbiased"])
 @pytest.mark.parametrize("name", list(GRPO_CASES))
-def test_grpo_losses_match_trl(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grpo_losses_match_trl(name: str, kl_estimator: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from trl import GRPOTrainer
 
     ours_options, trl_options = GRPO_CASES[name]
@@ -197,6 +198,7 @@ def test_grpo_losses_match_trl(name: str, monkeypatch: pytest.MonkeyPatch) -> No
         beta=0.04,
         epsilon=0.2,
         epsilon_high=0.28,
+        kl_estimator=kl_estimator,
         **ours_options,
     )
     monkeypatch.setattr(
@@ -223,7 +225,7 @@ def test_grpo_losses_match_trl(name: str, monkeypatch: pytest.MonkeyPatch) -> No
         use_vllm=False,
         current_gradient_accumulation_steps=1,
         _entropy_bonus_enabled=False,
-        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
+        args=SimpleNamespace(delta=None, use_bias_correction_kl=kl_estimator == "k3_unbiased", steps_per_generation=1),
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
         **trl_options,
     )
