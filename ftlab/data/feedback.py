@@ -22,8 +22,7 @@ import torch
 from datasets import Dataset
 
 from ftlab.batches import FeedbackBatch
-from ftlab.data.chat import IGNORE
-from ftlab.data.preference import PreferenceDataModule, answer_text, field, message_list
+from ftlab.data.preference import PreferenceDataModule, answer_text, field, message_list, padded_rows
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
@@ -119,15 +118,8 @@ class FeedbackDataModule(PreferenceDataModule):
             other = examples[(i + 1) % n]
             room = self.max_length - len(ex.prompt_ids)
             rows.append((ex.prompt_ids, other.answer_ids[:room], other.answer_labels[:room]))
-        width = max(len(p) + len(a) for p, a, _ in rows)
-        ids = torch.full((2 * n, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((2 * n, width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((2 * n, width), dtype=torch.long)
-        for r, (prompt, answer, answer_labels) in enumerate(rows):
-            end = len(prompt) + len(answer)
-            ids[r, :end] = torch.tensor(prompt + answer)
-            labels[r, len(prompt) : end] = torch.tensor(answer_labels)
-            mask[r, :end] = 1
+        width = self.batch_width(max(len(p) + len(a) for p, a, _ in rows))
+        ids, labels, mask = padded_rows(rows, width, self.tokenizer.pad_token_id)
         return FeedbackBatch(
             input_ids=ids,
             attention_mask=mask,

@@ -50,6 +50,22 @@ class PairExample:
     """Position in its split, set once the split is final (the key of an objective's per-pair cache)."""
 
 
+def padded_rows(
+    rows: list[tuple[list[int], list[int], list[int]]], width: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, labels, attention_mask) [len(rows), width] of (prompt ids, answer ids, answer labels) rows,
+    right-padded; the labels are IGNORE but on the answer."""
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (prompt, answer, answer_labels) in enumerate(rows):
+        end = len(prompt) + len(answer)
+        ids[row, :end] = torch.tensor(prompt + answer)
+        labels[row, len(prompt) : end] = torch.tensor(answer_labels)
+        mask[row, :end] = 1
+    return ids, labels, mask
+
+
 def field(row: dict[str, Any], key: str, where: str) -> Any:
     """The value of `key` in a row; a missing (None) value is an error naming the row and key."""
     value = row.get(key)
@@ -219,14 +235,7 @@ class PreferenceDataModule(FineTuneDataModule):
         halves = [(ex.prompt_ids, ex.chosen_ids, ex.chosen_labels) for ex in examples]
         halves += [(ex.prompt_ids, ex.rejected_ids, ex.rejected_labels) for ex in examples]
         width = self.batch_width(max(len(prompt) + len(answer) for prompt, answer, _ in halves))  # both halves
-        ids = torch.full((len(halves), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(halves), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(halves), width), dtype=torch.long)
-        for row, (prompt, answer, answer_labels) in enumerate(halves):
-            n = len(prompt) + len(answer)
-            ids[row, :n] = torch.tensor(prompt + answer)
-            labels[row, len(prompt) : n] = torch.tensor(answer_labels)
-            mask[row, :n] = 1
+        ids, labels, mask = padded_rows(halves, width, self.tokenizer.pad_token_id)
         return PreferenceBatch(
             input_ids=ids,
             attention_mask=mask,

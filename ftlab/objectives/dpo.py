@@ -90,6 +90,21 @@ def answer_logps(model: torch.nn.Module, batch: PreferenceBatch) -> tuple[torch.
     return logps[: len(batch)], logps[len(batch) :]
 
 
+def reward_metrics(
+    reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor
+) -> Metrics:
+    """What every pairwise preference objective logs beside its loss: the implicit rewards of both answers,
+    how often the chosen one wins and by how much, and the answers' log-probabilities."""
+    return {
+        "rewards/chosen": reward_chosen.mean(),
+        "rewards/rejected": reward_rejected.mean(),
+        "rewards/accuracy": (reward_chosen > reward_rejected).float().mean(),
+        "rewards/margin": (reward_chosen - reward_rejected).mean(),
+        "logps/chosen": chosen.detach().mean(),
+        "logps/rejected": rejected.detach().mean(),
+    }
+
+
 class DPO(Objective):
     """Direct preference optimisation against a reference policy.
 
@@ -150,15 +165,8 @@ class DPO(Objective):
             h = preference_logits(chosen, rejected, ref_chosen, ref_rejected)
         reward_chosen = self.beta * (chosen - ref_chosen).detach()
         reward_rejected = self.beta * (rejected - ref_rejected).detach()
-        return {
-            "loss": self.loss_fn(h, self.beta).mean(),
-            "rewards/chosen": reward_chosen.mean(),
-            "rewards/rejected": reward_rejected.mean(),
-            "rewards/accuracy": (reward_chosen > reward_rejected).float().mean(),
-            "rewards/margin": (reward_chosen - reward_rejected).mean(),
-            "logps/chosen": chosen.detach().mean(),
-            "logps/rejected": rejected.detach().mean(),
-        }
+        loss = self.loss_fn(h, self.beta).mean()
+        return {"loss": loss, **reward_metrics(reward_chosen, reward_rejected, chosen, rejected)}
 
     def training_step(self, ctx: StepContext, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         values = self.compute(ctx, batch)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ftlab.batches import PreferenceBatch
 from ftlab.objectives.base import StepContext
-from ftlab.objectives.dpo import DPO, answer_lengths, answer_logps
+from ftlab.objectives.dpo import DPO, answer_lengths, answer_logps, reward_metrics
 
 __all__ = ["SimPO", "simpo_loss"]
 
@@ -53,10 +53,5 @@ class SimPO(DPO):
         reward_chosen, reward_rejected = self.beta * chosen_mean.detach(), self.beta * rejected_mean.detach()
         return {
             "loss": loss.mean(),
-            "rewards/chosen": reward_chosen.mean(),
-            "rewards/rejected": reward_rejected.mean(),
-            "rewards/accuracy": (reward_chosen > reward_rejected).float().mean(),
-            "rewards/margin": (reward_chosen - reward_rejected).mean(),
-            "logps/chosen": chosen.detach().mean(),
-            "logps/rejected": rejected.detach().mean(),
+            **reward_metrics(reward_chosen, reward_rejected, chosen, rejected),
         }
