@@ -6,7 +6,7 @@ Called from `FineTuneModule.configure_model` so that strategies can shard what i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -16,9 +16,9 @@ from ftlab import distributed
 from ftlab.errors import FTLabError
 from ftlab.methods.base import Method
 from ftlab.models.backbone import Backbone
-from ftlab.models.compile import apply_speed
-from ftlab.models.kernels import apply_liger
-from ftlab.models.precision import cast_frozen, frozen_dtype
+from ftlab.models.compile import apply_speed, check_speed
+from ftlab.models.kernels import apply_liger, check_liger
+from ftlab.models.precision import cast_frozen, check_frozen_dtype, frozen_dtype
 from ftlab.objectives.base import Objective
 
 
@@ -27,10 +27,18 @@ class Speed:
     """The module's speed and memory options (see `FineTuneModule`): compiled blocks, recomputed activations,
     frozen weights held in a lower dtype, Liger kernels."""
 
-    compile: bool | dict[str, Any] = field(default=False)
+    compile: bool | dict[str, Any] = False
     activation_checkpointing: bool = False
     frozen_dtype: str | None = None
     liger: bool = False
+
+    def check(self, method: Method, precision: Any = None, device: Any = None) -> None:
+        """Refuse options the method cannot use; with the trainer's precision and device (at setup), those
+        the run cannot use either."""
+        check_speed(method, self.compile, self.activation_checkpointing)
+        check_frozen_dtype(self.frozen_dtype, method, precision)
+        if device is not None:
+            check_liger(self.liger, device)
 
 
 def load_backbone(backbone: Backbone, method: Method, objective: Objective, tokenizer: PreTrainedTokenizerBase) -> Any:

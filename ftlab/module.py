@@ -29,9 +29,6 @@ from ftlab.loss_check import check_finite
 from ftlab.methods.base import Method
 from ftlab.model_build import Speed, build_models
 from ftlab.models.backbone import Backbone
-from ftlab.models.compile import check_speed
-from ftlab.models.kernels import check_liger
-from ftlab.models.precision import check_frozen_dtype
 from ftlab.objectives.base import Objective, StepContext
 from ftlab.penalties import Penalties, penalties
 from ftlab.regularizers.base import Regularizer
@@ -80,12 +77,8 @@ class FineTuneModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.decay_1d = decay_1d
         self.regularizers = nn.ModuleList(regularizers or [])
-        self.compile_blocks = compile
-        self.activation_checkpointing = activation_checkpointing
-        self.frozen_dtype = frozen_dtype
-        self.liger = liger
-        check_speed(method, compile, activation_checkpointing)
-        check_frozen_dtype(frozen_dtype, method, None)
+        self.speed = Speed(compile, activation_checkpointing, frozen_dtype, liger)
+        self.speed.check(method)
         self.tokenizer: PreTrainedTokenizerBase = backbone.load_tokenizer()
         self.model: nn.Module | None = None
         self.reference_model: nn.Module | None = None
@@ -114,13 +107,12 @@ class FineTuneModule(pl.LightningModule):
             strategy,
             mesh,
             self.training,
-            Speed(self.compile_blocks, self.activation_checkpointing, self.frozen_dtype, self.liger),
+            self.speed,
         )
 
     def setup(self, stage: str) -> None:
         check_composition(self.method, self.objective, self.trainer.datamodule, self.trainer.strategy)
-        check_frozen_dtype(self.frozen_dtype, self.method, self.trainer.precision)
-        check_liger(self.liger, self.trainer.strategy.root_device)
+        self.speed.check(self.method, self.trainer.precision, self.trainer.strategy.root_device)
         for regularizer in self.regularizers:
             regularizer.check(self)
         # several validation sets (a task mixture): each gets its own copy of the objective's metrics
