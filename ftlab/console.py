@@ -17,6 +17,8 @@ _WARNINGS: list[tuple[str, type[Warning], str]] = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\."),
     # peft and Lightning read the deprecated alias of is_activation_checkpointing
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r""),
+    # LoRA init pissa/olora: peft advises converting the adapter to a plain LoRA, which ftlab's export does
+    (r"(PiSSA|OLoRA) changes the base weights", UserWarning, r"peft\."),
 ]
 
 _RANK_ZERO = "lightning.pytorch.utilities.rank_zero"

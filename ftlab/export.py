@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,25 @@ def portable_base(module: FineTuneModule, out: Path) -> Path | None:
     return base
 
 
+def save_adapter(module: FineTuneModule, run_dir: Path, folder: Path) -> None:
+    """The peft adapter folder; an adapter whose initialisation rewrote the base weights (LoRA's pissa, olora)
+    is written as the plain LoRA of its change since the start (peft's conversion, from the run as it began),
+    so that it applies to the original base."""
+    if not getattr(module.method, "rewrites_base", False):
+        module.model.save_pretrained(str(folder))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        load_run(run_dir, trained=False).model.save_pretrained(tmp)
+        module.model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=tmp)
+
+
 def export(run_dir: Path, out: Path) -> dict[str, Path]:
     module = load_run(run_dir)
     if module.objective.has_head:
         raise FTLabError(f"objective {module.objective.name} has a head of its own; export writes plain models only")
     written: dict[str, Path] = {}
     if isinstance(module.model, PeftModel):
-        module.model.save_pretrained(str(out / "adapter"))
+        save_adapter(module, run_dir, out / "adapter")
         module.tokenizer.save_pretrained(str(out / "adapter"))
         written["adapter"] = out / "adapter"
         base = portable_base(module, out)

@@ -16,8 +16,9 @@ from ftlab.errors import FTLabError
 from ftlab.module import FineTuneModule
 
 
-def load_run(run_dir: Path) -> FineTuneModule:
-    """The run's module with its trained weights, built from the run folder alone."""
+def load_run(run_dir: Path, trained: bool = True) -> FineTuneModule:
+    """The run's module with its trained weights, built from the run folder alone (`trained=False`: as the
+    run started, before its first step; export reads it so for the adapters that rewrite the base)."""
     config_path, weights = run_dir / runfolder.CONFIG, run_dir / runfolder.WEIGHTS
     for path in (config_path, weights):
         if not path.is_file():
@@ -28,6 +29,7 @@ def load_run(run_dir: Path) -> FineTuneModule:
     parsed = parser.parse_object({"model": config["model"]})
     module: FineTuneModule = parser.instantiate_classes(parsed).model
     module.configure_model()
-    module.load_trainable(weights)
+    if trained:
+        module.load_trainable(weights)
     module.eval()
     return module

@@ -48,6 +48,8 @@ class QLoRA(LoRA):
         **lora: Any,
     ) -> None:
         super().__init__(**lora)
+        if self.rewrites_base:
+            raise FTLabError(f"QLoRA init {self.init} rewrites the base weights, 4-bit here; use init kaiming")
         if quant_type not in ("nf4", "fp4"):
             raise FTLabError(f"QLoRA quant_type must be nf4 or fp4, got {quant_type!r}")
         if not isinstance(getattr(torch, compute_dtype, None), torch.dtype):
