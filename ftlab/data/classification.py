@@ -27,7 +27,7 @@ from datasets import Dataset
 from ftlab.batches import ClassificationBatch
 from ftlab.data.base import FineTuneDataModule
 from ftlab.data.fields import text_value
-from ftlab.data.files import load_rows
+from ftlab.data.files import load_rows, require_columns
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
@@ -168,12 +168,7 @@ class ClassificationDataModule(FineTuneDataModule):
 
     # --- rows to examples
     def _check_columns(self, rows: Dataset, source: str) -> None:
-        for key in (self.text_field, self.text_pair_field, self.label_field):
-            if key is not None and key not in rows.column_names:
-                raise FTLabError(
-                    f"data file {source} has no '{key}' column (columns: {', '.join(rows.column_names)}); "
-                    "set the datamodule's *_field options to map them"
-                )
+        require_columns(rows, source, [k for k in (self.text_field, self.text_pair_field, self.label_field) if k])
 
     def build(self, rows: Dataset, source: str) -> list[Example]:
         self._check_columns(rows, source)

@@ -22,6 +22,7 @@ import torch
 from datasets import Dataset
 
 from ftlab.batches import FeedbackBatch
+from ftlab.data.files import require_columns
 from ftlab.data.preference import PreferenceDataModule, answer_text, field, message_list, padded_rows
 from ftlab.errors import FTLabError
 
@@ -70,12 +71,7 @@ class FeedbackDataModule(PreferenceDataModule):
         return [self.prompt_field, self.completion_field, self.label_field]
 
     def build(self, rows: Dataset, source: str) -> list[FeedbackExample]:
-        for key in self.fields():
-            if key not in rows.column_names:
-                raise FTLabError(
-                    f"data file {source} has no '{key}' column (columns: {', '.join(rows.column_names)}); "
-                    "set the datamodule's *_field options to map them"
-                )
+        require_columns(rows, source, self.fields())
         before = dict(self.stats)
         first: dict[str, int] = {}
         examples: list[FeedbackExample] = []

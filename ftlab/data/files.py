@@ -73,3 +73,13 @@ def load_rows(spec: str) -> Dataset:
     if len(rows) == 0:
         raise FTLabError(f"data file {spec} has no rows")
     return rows
+
+
+def require_columns(rows: Dataset, source: str, keys: list[str]) -> None:
+    """Refuse, naming the file and its columns, a data file that lacks one of `keys`."""
+    for key in keys:
+        if key not in rows.column_names:
+            raise FTLabError(
+                f"data file {source} has no '{key}' column (columns: {', '.join(rows.column_names)}); "
+                "set the datamodule's *_field options to map them"
+            )

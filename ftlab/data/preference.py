@@ -30,6 +30,7 @@ from datasets import Dataset
 from ftlab.batches import PreferenceBatch
 from ftlab.data.base import FineTuneDataModule
 from ftlab.data.chat import IGNORE, Messages, render_segments, tokenize_segments
+from ftlab.data.files import require_columns
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
@@ -184,12 +185,7 @@ class PreferenceDataModule(FineTuneDataModule):
         return PairExample(prompt_ids, chosen_ids, chosen_labels, rejected_ids, rejected_labels, row=row)
 
     def build(self, rows: Dataset, source: str) -> list[PairExample]:
-        for key in self.fields():
-            if key not in rows.column_names:
-                raise FTLabError(
-                    f"data file {source} has no '{key}' column (columns: {', '.join(rows.column_names)}); "
-                    "set the datamodule's *_field options to map them"
-                )
+        require_columns(rows, source, self.fields())
         before = dict(self.stats)
         first: dict[str, int] = {}  # first row of each kind of drop, for the warnings
         examples: list[PairExample] = []

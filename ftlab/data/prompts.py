@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from ftlab.batches import PromptBatch
 from ftlab.data.base import FineTuneDataModule
 from ftlab.data.chat import Messages, render, render_segments, tokenize_segments
+from ftlab.data.files import require_columns
 from ftlab.data.preference import message_list
 from ftlab.errors import FTLabError
 
@@ -163,12 +164,7 @@ class PromptDataModule(FineTuneDataModule):
         return ids, text
 
     def build(self, rows: Dataset, source: str) -> list[PromptExample]:
-        for key in self.fields():
-            if key not in rows.column_names:
-                raise FTLabError(
-                    f"data file {source} has no '{key}' column (columns: {', '.join(rows.column_names)}); "
-                    "set the datamodule's *_field options to map them"
-                )
+        require_columns(rows, source, self.fields())
         cut_before = self.stats.get("truncated_prompt", 0)
         examples: list[PromptExample] = []
         for i, row in enumerate(rows):
