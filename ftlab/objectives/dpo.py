@@ -91,11 +91,20 @@ def answer_logps(model: torch.nn.Module, batch: PreferenceBatch) -> tuple[torch.
 
 
 def reward_metrics(
-    reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor
+    reward_chosen: torch.Tensor,
+    reward_rejected: torch.Tensor,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    lengths: tuple[torch.Tensor, torch.Tensor],
 ) -> Metrics:
-    """What every pairwise preference objective logs beside its loss: the implicit rewards of both answers,
-    how often the chosen one wins and by how much, and the answers' log-probabilities."""
+    """What every pairwise preference objective logs beside its loss: the implicit rewards of both answers
+    (each objective's own definition), how often the chosen one wins and by how much, the answers'
+    log-probabilities, and `choice/accuracy`, one definition for all: how often the policy's mean log-prob
+    per answer token ranks the chosen answer above the rejected one (no reference: comparable across
+    objectives, the measure of the objective-comparison study)."""
+    n_chosen, n_rejected = lengths
     return {
+        "choice/accuracy": (chosen.detach() / n_chosen > rejected.detach() / n_rejected).float().mean(),
         "rewards/chosen": reward_chosen.mean(),
         "rewards/rejected": reward_rejected.mean(),
         "rewards/accuracy": (reward_chosen > reward_rejected).float().mean(),
@@ -125,6 +134,7 @@ class DPO(Objective):
         "rewards/margin",
         "logps/chosen",
         "logps/rejected",
+        "choice/accuracy",
     )
 
     def __init__(
@@ -156,8 +166,8 @@ class DPO(Objective):
         # peak memory is the policy pass's alone (as SFT's on the same sequences)
         ref_chosen, ref_rejected = self.reference_logps(ctx, batch)
         chosen, rejected = answer_logps(ctx.model, batch)
+        n_chosen, n_rejected = answer_lengths(batch)
         if self.loss_fn.length_normalized:
-            n_chosen, n_rejected = answer_lengths(batch)
             h = preference_logits(
                 chosen / n_chosen, rejected / n_rejected, ref_chosen / n_chosen, ref_rejected / n_rejected
             )
@@ -166,7 +176,8 @@ class DPO(Objective):
         reward_chosen = self.beta * (chosen - ref_chosen).detach()
         reward_rejected = self.beta * (rejected - ref_rejected).detach()
         loss = self.loss_fn(h, self.beta).mean()
-        return {"loss": loss, **reward_metrics(reward_chosen, reward_rejected, chosen, rejected)}
+        lengths = (n_chosen, n_rejected)
+        return {"loss": loss, **reward_metrics(reward_chosen, reward_rejected, chosen, rejected, lengths)}
 
     def training_step(self, ctx: StepContext, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         values = self.compute(ctx, batch)

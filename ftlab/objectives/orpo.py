@@ -57,7 +57,7 @@ class ORPO(DPO):
         reward_chosen, reward_rejected = self.beta * chosen_mean.detach(), self.beta * rejected_mean.detach()
         return {
             "loss": loss,
-            **reward_metrics(reward_chosen, reward_rejected, chosen, rejected),
+            **reward_metrics(reward_chosen, reward_rejected, chosen, rejected, (n_chosen, n_rejected)),
             "nll": nll.detach(),
             "log_odds_ratio": log_odds.detach().mean(),
         }

@@ -53,5 +53,5 @@ class SimPO(DPO):
         reward_chosen, reward_rejected = self.beta * chosen_mean.detach(), self.beta * rejected_mean.detach()
         return {
             "loss": loss.mean(),
-            **reward_metrics(reward_chosen, reward_rejected, chosen, rejected),
+            **reward_metrics(reward_chosen, reward_rejected, chosen, rejected, (n_chosen, n_rejected)),
         }

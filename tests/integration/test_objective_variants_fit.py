@@ -70,6 +70,7 @@ def test_preference_variants_train(name: str, method: str, backbone, tmp_path: P
     trained(module, lambda: quiet_trainer(tmp_path, 3).fit(module, dm))
     metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
     assert 0 <= metrics["val/rewards/accuracy"] <= 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert 0 <= metrics["val/choice/accuracy"] <= 1  # the measure all preference objectives share
     # SimPO and ORPO need no reference: not even a frozen copy for Full
     if name != "ipo_normalized":
         assert module.reference_model is None

@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from ftlab.batches import PreferenceBatch
 from ftlab.objectives import DPO, Reward, StepContext
-from ftlab.objectives.dpo import IPO, Sigmoid, preference_logits, sequence_logps
+from ftlab.objectives.dpo import IPO, Sigmoid, preference_logits, reward_metrics, sequence_logps
 from ftlab.objectives.reward import bradley_terry_loss
 
 LOG_SIG_1 = math.log(1 + math.exp(-1))  # −log σ(1) = 0.3132617
@@ -148,3 +148,14 @@ def test_a_model_that_rescales_its_logits_falls_back_to_the_logits(tiny_llama) -
     assert _HEAD_ON_HIDDEN[model] is False
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, full, rtol=1e-5, atol=1e-5)
+
+
+def test_choice_accuracy_ranks_answers_by_mean_token_log_prob() -> None:
+    # means: chosen (-4/2, -9/3) = (-2, -3), rejected (-3/1, -8/4) = (-3, -2): pair 0 won, pair 1 lost -> 0.5;
+    # by summed log-probs both pairs would be lost (-4 < -3, -9 < -8)
+    chosen, rejected = torch.tensor([-4.0, -9.0]), torch.tensor([-3.0, -8.0])
+    lengths = (torch.tensor([2.0, 3.0]), torch.tensor([1.0, 4.0]))
+    zero = torch.zeros(2)
+    metrics = reward_metrics(zero, zero, chosen, rejected, lengths)
+    assert metrics["choice/accuracy"].item() == 0.5
+    assert metrics["logps/chosen"].item() == -6.5 and metrics["rewards/accuracy"].item() == 0.0
