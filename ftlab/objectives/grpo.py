@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from ftlab.batches import PromptBatch
 from ftlab.errors import FTLabError
 from ftlab.objectives.base import StepContext
-from ftlab.objectives.online import OnlineRL, Sampler
+from ftlab.objectives.online import OnlineRL
 from ftlab.objectives.rl_math import KLEstimator, LossLevel, aggregate, clipped_policy_loss, kl_penalty, masked_mean
 from ftlab.objectives.rl_variants import (
     Advantage,
@@ -53,9 +53,6 @@ class GRPO(OnlineRL):
     Args:
         rewards: Reward sources, summed with their weights (FunctionReward, ModelReward).
         num_generations: G, completions sampled per prompt.
-        max_new_tokens: Longest completion.
-        temperature: Sampling temperature.
-        top_p: Nucleus sampling threshold.
         beta: KL coefficient to the reference (0: no reference pass at all).
         epsilon: Lower clip ε_low of the ratio.
         epsilon_high: Upper clip ε_high (default: epsilon).
@@ -74,39 +71,31 @@ class GRPO(OnlineRL):
         overlong_buffer: L_cache of DAPO's soft overlong punishment (0: off): completions longer than
             max_new_tokens − L_cache lose up to 1 reward, linearly.
         updates_per_batch: μ, optimizer steps per rollout batch.
-        max_grad_norm: Gradient-norm clipping of each update.
-        merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
-            (faster decoding; but the frozen base weights, the reference, come back only within float32
-            rounding, about 1e-7 relative per step).
-        sampler: `generate` or `static` (see OnlineRL).
         kl_estimator: `k3_unbiased` (k3 · π/π_old: the unbiased reverse-KL gradient, TRL's default) or
             `k3` (as in the GRPO paper: the forward-KL gradient).
+        online: OnlineRL's sampling and update options (max_new_tokens, temperature, top_p, max_grad_norm,
+            merge_for_sampling, sampler).
     """
 
     def __init__(
         self,
         rewards: list[RewardSource],
         num_generations: int = 4,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
         beta: float = 0.04,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         scale_rewards: bool = True,
         loss_level: LossLevel = "token",
         updates_per_batch: int = 1,
-        max_grad_norm: float | None = 1.0,
-        merge_for_sampling: bool = False,
         global_tokens: bool = False,
         advantage: Advantage = "group",
         importance_level: Literal["token", "sequence"] = "token",
         dynamic_sampling: bool = False,
         overlong_buffer: int = 0,
         kl_estimator: KLEstimator = "k3_unbiased",
-        sampler: Sampler = "generate",
+        **online: Any,
     ) -> None:
-        super().__init__(rewards, max_new_tokens, temperature, top_p, max_grad_norm, merge_for_sampling, sampler)
+        super().__init__(rewards, **online)
         if num_generations < 2:
             raise FTLabError(
                 f"GRPO num_generations must be at least 2 to compare within a group, got {num_generations}"

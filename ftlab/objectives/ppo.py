@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from ftlab.batches import PromptBatch
 from ftlab.errors import FTLabError
 from ftlab.models.heads import ClassifierHead
 from ftlab.objectives.base import StepContext
-from ftlab.objectives.online import OnlineRL, Sampler
+from ftlab.objectives.online import OnlineRL
 from ftlab.objectives.rl_math import (
     AdaptiveKL,
     clipped_policy_loss,
@@ -61,9 +61,6 @@ class PPO(OnlineRL):
 
     Args:
         rewards: Reward sources, summed with their weights (a reward model and/or functions).
-        max_new_tokens: Longest completion.
-        temperature: Sampling temperature.
-        top_p: Nucleus sampling threshold.
         kl_coef: β of the per-token KL penalty (0: no reference pass).
         kl_target: If set, adapt β toward this KL per sequence (Ziegler et al.); None keeps β fixed.
         kl_horizon: Samples over which the adaptive β reacts.
@@ -75,13 +72,10 @@ class PPO(OnlineRL):
         epochs: Passes over each rollout buffer.
         minibatch_size: Sequences per update (default: the whole buffer).
         whiten_advantages: Normalise advantages over the buffer.
-        max_grad_norm: Gradient-norm clipping of each update.
-        merge_for_sampling: Sample with a LoRA-style adapter merged into the weights, where it can be
-            (faster decoding; but the frozen base weights, the reference, come back only within float32
-            rounding, about 1e-7 relative per step).
-        sampler: `generate` or `static` (see OnlineRL).
         kl_estimator: Per-token KL of the reward penalty: `k1` (log π_old − log π_ref, InstructGPT) or
             `k3` (Schulman's k3, never negative). A reward carries no gradient, so no ratio weighting applies.
+        online: OnlineRL's sampling and update options (max_new_tokens, temperature, top_p, max_grad_norm,
+            merge_for_sampling, sampler).
     """
 
     has_head: ClassVar[bool] = True
@@ -89,9 +83,6 @@ class PPO(OnlineRL):
     def __init__(
         self,
         rewards: list[RewardSource],
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
         kl_coef: float = 0.05,
         kl_target: float | None = None,
         kl_horizon: float = 10000.0,
@@ -103,12 +94,10 @@ class PPO(OnlineRL):
         epochs: int = 4,
         minibatch_size: int | None = None,
         whiten_advantages: bool = True,
-        max_grad_norm: float | None = 1.0,
-        merge_for_sampling: bool = False,
         kl_estimator: Literal["k1", "k3"] = "k1",
-        sampler: Sampler = "generate",
+        **online: Any,
     ) -> None:
-        super().__init__(rewards, max_new_tokens, temperature, top_p, max_grad_norm, merge_for_sampling, sampler)
+        super().__init__(rewards, **online)
         self.kl = AdaptiveKL(kl_coef, kl_target, kl_horizon) if kl_target is not None else None
         self.kl_coef = kl_coef
         self.needs_reference = kl_coef > 0  # type: ignore[misc]
