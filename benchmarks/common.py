@@ -223,6 +223,27 @@ def tempfile_root() -> str:
     return tempfile.mkdtemp(prefix="ftlab-bench-")
 
 
+def quiet_trainer(root: str | Path, steps: int, callbacks: list[Any]) -> Any:
+    """A CPU Trainer that runs `steps` training steps and nothing else: no logger, progress bar, model summary,
+    checkpoints or validation; every step logged (the benchmarks' callbacks read the step's metrics)."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        default_root_dir=root,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        callbacks=callbacks,
+    )
+
+
 # --------------------------------------------------------------------------- clocks and profiles
 class Clock:
     """Step-end times of one run; `tick()` at each optimizer step's end, `on_step(k)` callbacks after step k."""

@@ -42,21 +42,7 @@ def _tokens(data: list[Any], warmup: int, steps: int) -> float:
 
 
 def _fit(module: Any, dm: Any, clock: Any, n: int) -> Any:
-    import lightning.pytorch as pl
-
-    trainer = pl.Trainer(
-        default_root_dir=c.tempfile_root(),
-        max_steps=n,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[c.lightning_clock(clock)],
-    )
+    trainer = c.quiet_trainer(c.tempfile_root(), n, [c.lightning_clock(clock)])
     trainer.fit(module, dm)
     return trainer
 

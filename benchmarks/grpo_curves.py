@@ -167,20 +167,7 @@ def run_ftlab(model_dir: Path, seed: int, steps: int) -> dict[str, Any]:
     )
     clock = c.Clock(1, steps - 1)
     curve = RewardCurve()
-    trainer = pl.Trainer(
-        default_root_dir=c.tempfile_root(),
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        callbacks=[c.lightning_clock(clock), curve],
-    )
+    trainer = c.quiet_trainer(c.tempfile_root(), steps, [c.lightning_clock(clock), curve])
     started = time.perf_counter()
     trainer.fit(module, prompt_data(tok))
     wall = time.perf_counter() - started

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from common import quiet_trainer
 from rl_learning import REPO, RewardCurve, pretrain
 
 
@@ -36,18 +37,7 @@ def run(model_dir: Path, target: int, estimator: str, seed: int, batches: int, r
     )
     curve = RewardCurve()
     data = PromptDataModule(train=str(REPO / "ftlab/assets/synthetic_prompts.jsonl"), batch_size=8, max_length=64)
-    trainer = pl.Trainer(
-        default_root_dir=root / f"{estimator}-{seed}",
-        max_steps=batches,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[curve],
-        log_every_n_steps=1,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(root / f"{estimator}-{seed}", batches, [curve])
     trainer.fit(module, data)
     return curve.rewards
 

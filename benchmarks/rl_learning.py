@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from common import quiet_trainer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -80,18 +81,7 @@ def run_rl(name: str, model_dir: Path, target: int, batches: int, root: Path) ->
     dm = PromptDataModule(
         train=str(REPO / "ftlab/assets/synthetic_prompts.jsonl"), batch_size=8 if name == "GRPO" else 16, max_length=64
     )
-    trainer = pl.Trainer(
-        default_root_dir=root / name,
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[curve],
-        log_every_n_steps=1,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(root / name, steps, [curve])
     started = time.perf_counter()
     trainer.fit(module, dm)
     return curve, time.perf_counter() - started
