@@ -33,6 +33,7 @@ from ftlab.objectives.rl_variants import (
     global_token_divisor,
     informative_groups,
     overlong_penalty,
+    sequence_kl,
     sequence_log_ratio,
 )
 from ftlab.objectives.rollouts import Rollout, completion_logps
@@ -64,8 +65,11 @@ class GRPO(OnlineRL):
             (DAPO's global-token normalisation; TRL's dapo) instead of this rank's own.
         advantage: group (GRPO), rloo (leave-one-out baseline, Ahmadian et al. 2024) or reinforce_pp
             (group mean, then batch normalisation: REINFORCE++-baseline, Hu 2025). scale_rewards applies to group.
-        importance_level: token (PPO's per-token ratio) or sequence (GSPO's length-normalised sequence ratio,
-            Zheng et al. 2025; pair it with loss_level sequence as the paper does).
+        importance_level: token (PPO's per-token ratio), sequence (GSPO's length-normalised sequence ratio,
+            Zheng et al. 2025; pair it with loss_level sequence as the paper does) or sequence_sum (the ratio of
+            the whole completion's probabilities: RLOO, Ahmadian et al. 2024, and TRL's RLOO).
+        kl_in_reward: Take β · Σ_t (log π_old − log π_ref) (k1, summed over the completion) from each reward before
+            the advantages, instead of adding β · KL to the loss (RLOO, Ahmadian et al. 2024; TRL's RLOO).
         dynamic_sampling: Drop the groups whose rewards are all equal before the update (DAPO); a batch in which
             every group is such is kept whole (its advantages are all zero).
         overlong_buffer: L_cache of DAPO's soft overlong punishment (0: off): completions longer than
@@ -89,7 +93,8 @@ class GRPO(OnlineRL):
         updates_per_batch: int = 1,
         global_tokens: bool = False,
         advantage: Advantage = "group",
-        importance_level: Literal["token", "sequence"] = "token",
+        importance_level: Literal["token", "sequence", "sequence_sum"] = "token",
+        kl_in_reward: bool = False,
         dynamic_sampling: bool = False,
         overlong_buffer: int = 0,
         kl_estimator: KLEstimator = "k3_unbiased",
@@ -99,6 +104,10 @@ class GRPO(OnlineRL):
         if num_generations < 2:
             raise FTLabError(
                 f"GRPO num_generations must be at least 2 to compare within a group, got {num_generations}"
+            )
+        if importance_level not in ("token", "sequence", "sequence_sum"):
+            raise FTLabError(
+                f"GRPO importance_level must be 'token', 'sequence' or 'sequence_sum', got {importance_level!r}"
             )
         if kl_estimator not in ("k3", "k3_unbiased"):
             raise FTLabError(f"GRPO kl_estimator must be 'k3' or 'k3_unbiased', got {kl_estimator!r}")
@@ -116,13 +125,26 @@ class GRPO(OnlineRL):
         self.dynamic_sampling = dynamic_sampling
         self.overlong_buffer = overlong_buffer
         self.kl_estimator = kl_estimator
+        self.kl_in_reward = kl_in_reward
 
     def make_rollouts(self, ctx: StepContext, batch: PromptBatch) -> tuple[GRPOBuffer, dict[str, torch.Tensor]]:
         rollout = self.rollout(ctx, batch, self.num_generations)
         rewards, parts = self.score(rollout)
+        scored = rewards  # the reward sources' own, reported as reward (as validation reports it)
         lengths = rollout.completion_mask.sum(-1)
         if self.overlong_buffer > 0:
             rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer)
+        penalty: dict[str, torch.Tensor] = {}
+        old: torch.Tensor | None = None
+        ref: torch.Tensor | None = None
+        in_reward = self.kl_in_reward and self.beta > 0
+        if in_reward:  # every row's passes, before any is dropped
+            sampling, ref = self._passes(ctx, rollout, sampling=True)
+            assert sampling is not None and ref is not None
+            kl = sequence_kl(sampling, ref, rollout.completion_mask)
+            rewards = rewards - self.beta * kl
+            penalty["kl"] = kl.sum() / lengths.sum().clamp(min=1)  # per token, as the loss-side KL is logged
+            old, ref = (sampling if self.updates_per_batch > 1 else None), None  # no KL term in the loss
         adv = advantages(rewards, self.num_generations, self.advantage, scale=self.scale_rewards)
         kept = torch.ones_like(rewards, dtype=torch.bool)
         if self.dynamic_sampling:
@@ -131,23 +153,35 @@ class GRPO(OnlineRL):
                 kept = informative
                 rows = informative.nonzero().squeeze(-1)
                 rollout, adv = rollout.select(rows), adv[rows]
+                old = old[rows] if old is not None else None
+        if not in_reward:
+            old, ref = self._passes(ctx, rollout, sampling=self.updates_per_batch > 1)
+        groups = scored.view(-1, self.num_generations)
+        metrics = {
+            "reward": scored.mean(),
+            "reward_std": ctx.std_over_ranks(scored),  # over every rank's rewards
+            "reward_group_std": groups.std(dim=1).mean(),
+            "completion_length": lengths.mean(),  # of every sample, before dynamic sampling
+            **parts,
+            **penalty,
+        }
+        if rewards is not scored:  # the reward the advantages saw: overlong shaping, KL penalty
+            metrics["shaped_reward"] = rewards.mean()
+        if self.dynamic_sampling:
+            metrics["kept_fraction"] = kept.float().mean()
+        return GRPOBuffer(rollout, adv, old, ref), metrics
+
+    def _passes(
+        self, ctx: StepContext, rollout: Rollout, sampling: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The sampling policy's per-token log-probs (when `sampling`) and the reference's (when β > 0)."""
         with torch.no_grad():
-            old = completion_logps(ctx.model, rollout, entropy=False)[0] if self.updates_per_batch > 1 else None
+            old = completion_logps(ctx.model, rollout, entropy=False)[0] if sampling else None
             ref = None
             if self.beta > 0:
                 with ctx.reference() as reference:
                     ref = completion_logps(reference, rollout, entropy=False)[0]
-        groups = rewards.view(-1, self.num_generations)
-        metrics = {
-            "reward": rewards.mean(),
-            "reward_std": ctx.std_over_ranks(rewards),  # over every rank's rewards
-            "reward_group_std": groups.std(dim=1).mean(),
-            "completion_length": lengths.mean(),  # of every sample, before dynamic sampling
-            **parts,
-        }
-        if self.dynamic_sampling:
-            metrics["kept_fraction"] = kept.float().mean()
-        return GRPOBuffer(rollout, adv, old, ref), metrics
+        return old, ref
 
     def minibatches(self, buffer: GRPOBuffer) -> Iterator[GRPOBuffer]:
         for _ in range(self.updates_per_batch):
@@ -157,8 +191,9 @@ class GRPO(OnlineRL):
         logps, entropy, _ = completion_logps(ctx.model, buffer.rollout)
         mask = buffer.rollout.completion_mask
         old = buffer.old_logps if buffer.old_logps is not None else logps.detach()
-        if self.importance_level == "sequence":  # GSPO: the ratio exp(sequence_log_ratio) on every token
-            ratio_logps, ratio_old = sequence_log_ratio(logps, old, mask), torch.zeros_like(logps)
+        if self.importance_level != "token":  # GSPO, RLOO: one ratio per sequence, on every token of it
+            normalise = self.importance_level == "sequence"
+            ratio_logps, ratio_old = sequence_log_ratio(logps, old, mask, normalise), torch.zeros_like(logps)
         else:
             ratio_logps, ratio_old = logps, old
         per_token, clipped = clipped_policy_loss(

@@ -7,7 +7,8 @@ tokens, `mask` [N, C] 1 on completion tokens up to and including the first EOS.
   of every data-parallel rank, not this rank's alone.
 - Baselines: RLOO's leave-one-out mean (Ahmadian et al. 2024, "Back to Basics"), REINFORCE++'s
   batch-normalised advantages (Hu 2025).
-- GSPO's sequence-level importance ratio (Zheng et al. 2025).
+- GSPO's sequence-level importance ratio (Zheng et al. 2025), and RLOO's whole-sequence ratio and KL
+  penalty in the reward (Ahmadian et al. 2024: the completion is one action).
 - DAPO's dynamic sampling (groups whose rewards are all equal carry no signal) and its soft overlong
   punishment.
 """
@@ -64,12 +65,24 @@ def advantages(rewards: torch.Tensor, group_size: int, kind: Advantage, scale: b
     raise ValueError(f"unknown advantage {kind!r}: use group, rloo or reinforce_pp")
 
 
-def sequence_log_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """GSPO (Zheng et al. 2025): the length-normalised sequence log-ratio (1/|y|) Σ_t (log π − log π_old),
-    broadcast to every token of its sequence: [N, C] -> [N, C]. exp of it is GSPO's importance ratio
-    s_i = (π(y|x) / π_old(y|x))^{1/|y|}; fed to the clipped surrogate in place of the per-token log-ratio."""
-    per_sequence = ((logps - old_logps) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+def sequence_log_ratio(
+    logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, normalise: bool = True
+) -> torch.Tensor:
+    """A sequence's log-ratio broadcast to every token of it: [N, C] -> [N, C]; fed to the clipped surrogate in
+    place of the per-token log-ratio. `normalise`: GSPO (Zheng et al. 2025), (1/|y|) Σ_t (log π − log π_old), whose
+    exp is s_i = (π(y|x) / π_old(y|x))^{1/|y|}; not: RLOO (Ahmadian et al. 2024; TRL's RLOO), Σ_t (log π −
+    log π_old), the ratio of the whole completion's probabilities."""
+    per_sequence = ((logps - old_logps) * mask).sum(-1)
+    if normalise:
+        per_sequence = per_sequence / mask.sum(-1).clamp(min=1)
     return per_sequence[:, None].expand_as(logps)
+
+
+def sequence_kl(sampling_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RLOO's KL penalty, taken from the reward (Ahmadian et al. 2024; TRL's RLOO): the k1 estimate summed over
+    the completion, Σ_t (log π_old − log π_ref), with π_old the sampling policy: [N, C] -> [N]. Unlike GRPO's k3
+    term in the loss, it can be negative."""
+    return ((sampling_logps - ref_logps) * mask).sum(-1)
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ RL = {
     "dr_grpo": {"scale_rewards": False, "loss_level": "dr_grpo"},
     "dapo": {"beta": 0.0, "epsilon_high": 0.28, "global_tokens": True, "dynamic_sampling": True, "overlong_buffer": 2},
     "gspo": {"importance_level": "sequence", "loss_level": "sequence"},
-    "rloo": {"advantage": "rloo"},
+    "rloo": {"advantage": "rloo", "importance_level": "sequence_sum", "loss_level": "sequence", "kl_in_reward": True},
     "reinforce_pp": {"advantage": "reinforce_pp"},
 }
 
@@ -90,6 +90,8 @@ def test_rl_variants_train(name: str, method: str, backbone, tmp_path: Path) -> 
     assert metrics["train/reward_group_std"] >= 0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
     if name == "dapo":
         assert 0 < metrics["train/kept_fraction"] <= 1 and module.reference_model is None
+    if name == "rloo":  # the KL went into the reward: logged beside the reward the advantages saw
+        assert torch.isfinite(torch.tensor([metrics["train/kl"], metrics["train/shaped_reward"]])).all()
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

@@ -16,6 +16,7 @@ from ftlab.objectives.rl_variants import (
     overlong_penalty,
     reinforce_pp_advantages,
     rloo_advantages,
+    sequence_kl,
     sequence_log_ratio,
 )
 
@@ -64,6 +65,17 @@ def test_gspo_sequence_ratio_by_hand() -> None:
     logps = torch.tensor([[0.2, 0.4, 9.0], [0.6, 9.0, 9.0]])
     ratio = sequence_log_ratio(logps, torch.zeros_like(logps), MASK)
     torch.testing.assert_close(ratio, torch.tensor([[0.3, 0.3, 0.3], [0.6, 0.6, 0.6]]))
+
+
+def test_rloo_whole_sequence_ratio_and_reward_kl_by_hand() -> None:
+    # the summed log-ratio: row 0 0.2 + 0.4 = 0.6 on each token, row 1 0.6 (padding ignored)
+    logps = torch.tensor([[0.2, 0.4, 9.0], [0.6, 9.0, 9.0]])
+    ratio = sequence_log_ratio(logps, torch.zeros_like(logps), MASK, normalise=False)
+    torch.testing.assert_close(ratio, torch.tensor([[0.6, 0.6, 0.6], [0.6, 0.6, 0.6]]))
+    # k1 summed over the completion: (−1 − −1.5) + (−2 − −1) = −0.5; (−0.5 − −2) = 1.5; it can be negative
+    sampling = torch.tensor([[-1.0, -2.0, 5.0], [-0.5, 5.0, 5.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-2.0, 0.0, 0.0]])
+    torch.testing.assert_close(sequence_kl(sampling, ref, MASK), torch.tensor([-0.5, 1.5]))
 
 
 def test_dynamic_sampling_keeps_groups_with_varied_rewards() -> None:

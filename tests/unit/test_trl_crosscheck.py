@@ -241,3 +241,54 @@ def test_grpo_losses_match_trl(name: str, kl_estimator: str, monkeypatch: pytest
     }
     theirs = GRPOTrainer._compute_loss(trainer, None, inputs)
     print(f"{name}: max |diff| {check(ours, theirs, logps):.2e}")
+
+
+def test_rloo_loss_matches_trl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RLOO as TRL's RLOOTrainer: the clipped surrogate on the whole completion's ratio, one loss per sequence
+    (the KL is in the reward, so none in the loss)."""
+    from trl import RLOOTrainer
+
+    logps, old, _, mask, adv = rollout_inputs(5)
+    n, c = mask.shape
+    objective = GRPO(
+        [FunctionReward(function=lambda completions, **_: [0.0] * len(completions))],
+        max_new_tokens=c,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        advantage="rloo",
+        importance_level="sequence_sum",
+        loss_level="sequence",
+        kl_in_reward=True,
+    )
+    old = logps.detach() + 0.3 * (old - logps.detach())  # whole-sequence ratios near 1: some clip, some not
+    monkeypatch.setattr(
+        "ftlab.objectives.grpo.completion_logps", lambda model, rollout, **_: (logps, torch.zeros_like(logps), None)
+    )
+    rollout = Rollout(
+        sequences=torch.zeros(n, 2 + c, dtype=torch.long),
+        attention_mask=torch.ones(n, 2 + c),
+        completion_mask=mask,
+        prompt_length=2,
+        prompts=[""] * n,
+        completions=[""] * n,
+        completion_ids=[[]] * n,
+    )
+    ours, metrics = objective.training_step(
+        StepContext(model=None, reference=None), GRPOBuffer(rollout, adv, old, None)
+    )
+    assert 0 < metrics["clip_fraction"] < 1
+    trainer = stub(
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
+    )
+    inputs = {
+        "prompt_ids": torch.zeros(n, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(n, 2),
+        "completion_ids": torch.zeros(n, c, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": adv,
+        "old_logps": (old * mask).sum(1),
+    }
+    theirs = RLOOTrainer._compute_loss(trainer, None, inputs)
+    print(f"rloo: max |diff| {check(ours, theirs, logps):.2e}")
