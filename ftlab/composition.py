@@ -14,9 +14,10 @@ from ftlab.objectives.base import Objective
 def check_composition(method: Method, objective: Objective, datamodule: Any, strategy: Any) -> None:
     """Refuse, in one sentence, a run whose parts cannot work together (before the model loads)."""
     produced = getattr(datamodule, "batch_type", None)
-    if datamodule is not None and produced is not objective.batch_type:
+    if datamodule is not None and not objective.consumes(produced):
+        kinds = " or ".join(kind.__name__ for kind in (objective.batch_type, *objective.also_consumes))
         raise FTLabError(
-            f"objective {objective.name} consumes {objective.batch_type.__name__} batches but datamodule "
+            f"objective {objective.name} consumes {kinds} batches but datamodule "
             f"{type(datamodule).__name__} yields {getattr(produced, '__name__', 'unknown')} batches"
             + data_hint(objective.batch_type)
         )

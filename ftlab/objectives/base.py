@@ -69,6 +69,8 @@ class Objective(nn.Module):
     """Base class of objectives (an `nn.Module` so heads and metric states move with the model)."""
 
     batch_type: ClassVar[type]
+    also_consumes: ClassVar[tuple[type, ...]] = ()
+    """Other batch kinds the objective turns into its own (KTO reads preference pairs as unpaired feedback)."""
     model_class: ClassVar[Any] = AutoModelForCausalLM
     needs_reference: ClassVar[bool] = False
     has_head: ClassVar[bool] = False
@@ -88,6 +90,11 @@ class Objective(nn.Module):
     def minibatches(self, buffer: Any) -> Iterator[Any]:
         """The minibatches of one batch's updates (several epochs over the buffer for PPO)."""
         raise NotImplementedError
+
+    @classmethod
+    def consumes(cls, batch_type: Any) -> bool:
+        """Whether the objective trains on batches of `batch_type`."""
+        return batch_type is cls.batch_type or batch_type in cls.also_consumes
 
     def check_data(self, datamodule: Any) -> None:
         """Called at setup, after the data is read and before the model loads: refuse data this

@@ -5,6 +5,11 @@ an answer marked desirable costs λ_D (1 − σ(β (r − z₀))) and one marked
 the loss is the mean over the batch's answers. z₀ = max(0, mean_i r(y_{i+1}|x_i)) on mismatched pairs (each
 prompt with another example's answer, built by `FeedbackDataModule`), without gradient, as TRL's `kto`.
 The reference is the method switched off or a frozen copy, as for DPO.
+
+Preference pairs are read as unpaired feedback, as TRL's KTO reads them (`unpair_preference_dataset`): each
+chosen answer is desirable, each rejected one undesirable, and the mismatched pairs are formed over the 2B
+answers of the batch. On pairs KTO also logs `choice/accuracy` (as every pairwise objective), so it enters a
+comparison of preference objectives on the same pairs.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ftlab.batches import FeedbackBatch
+from ftlab.batches import FeedbackBatch, PreferenceBatch
 from ftlab.objectives.base import StepContext
-from ftlab.objectives.dpo import DPO
-from ftlab.objectives.token_logps import labelled_logps, row_sums
+from ftlab.objectives.dpo import DPO, answer_lengths
+from ftlab.objectives.token_logps import IGNORE, labelled_logps, row_sums
 
-__all__ = ["KTO", "kto_losses"]
+__all__ = ["KTO", "kto_losses", "unpaired"]
 
 
 def kto_losses(
@@ -43,6 +48,38 @@ def feedback_logps(model: torch.nn.Module, batch: FeedbackBatch) -> tuple[torch.
     return logps[: len(batch)], logps[len(batch) :]
 
 
+def unpaired(batch: PreferenceBatch) -> FeedbackBatch:
+    """The 2B answers of B pairs as unpaired feedback: chosen desirable, rejected undesirable, in the pairs' row
+    order; mismatched row i is row i's prompt with the answer of row (i + 1) mod 2B (cut to the batch's width)."""
+    rows = batch.input_ids.shape[0]
+    width = batch.input_ids.shape[1]
+    lengths = batch.attention_mask.sum(-1).tolist()
+    starts = (batch.labels != IGNORE).to(torch.int8).argmax(-1).tolist()  # each answer's first position
+    padding = batch.input_ids[batch.attention_mask == 0]
+    pad = int(padding[0]) if padding.numel() else 0  # masked out either way
+    ids = torch.full_like(batch.input_ids, pad)
+    labels = torch.full_like(batch.labels, IGNORE)
+    mask = torch.zeros_like(batch.attention_mask)
+    for i in range(rows):
+        j = (i + 1) % rows
+        answer = slice(starts[j], starts[j] + min(lengths[j] - starts[j], width - starts[i]))
+        end = starts[i] + answer.stop - answer.start
+        ids[i, : starts[i]] = batch.input_ids[i, : starts[i]]
+        ids[i, starts[i] : end] = batch.input_ids[j, answer]
+        labels[i, starts[i] : end] = batch.labels[j, answer]
+        mask[i, :end] = 1
+    pairs = len(batch)
+    desirable = torch.arange(rows, device=batch.index.device) < pairs
+    return FeedbackBatch(
+        input_ids=torch.cat([batch.input_ids, ids]),
+        attention_mask=torch.cat([batch.attention_mask, mask]),
+        labels=torch.cat([batch.labels, labels]),
+        desirable=desirable,
+        index=torch.cat([batch.index, batch.index]),
+        num_tokens=batch.num_tokens,
+    )
+
+
 class KTO(DPO):
     """Kahneman–Tversky optimisation against a reference policy, on answers marked desirable or not.
 
@@ -53,14 +90,25 @@ class KTO(DPO):
     """
 
     batch_type: ClassVar[type] = FeedbackBatch
-    METRICS: ClassVar[tuple[str, ...]] = ("loss", "kl", "rewards/desirable", "rewards/undesirable", "logps")
+    also_consumes: ClassVar[tuple[type, ...]] = (PreferenceBatch,)
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "loss",
+        "kl",
+        "rewards/desirable",
+        "rewards/undesirable",
+        "logps",
+        "choice/accuracy",
+    )
 
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
         super().__init__(beta=beta)
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
 
-    def compute(self, ctx: StepContext, batch: FeedbackBatch) -> dict[str, torch.Tensor]:
+    def compute(self, ctx: StepContext, batch: FeedbackBatch | PreferenceBatch) -> dict[str, torch.Tensor]:
+        pairs = batch if isinstance(batch, PreferenceBatch) else None
+        if pairs is not None:
+            batch = unpaired(pairs)
         with ctx.reference() as reference:
             ref, ref_mismatched = feedback_logps(reference, batch)
         logps, mismatched = feedback_logps(ctx.model, batch)
@@ -72,4 +120,8 @@ class KTO(DPO):
         for name, rows in (("desirable", batch.desirable), ("undesirable", ~batch.desirable)):
             if bool(rows.any()):  # a batch may hold one kind only
                 values[f"rewards/{name}"] = rewards[rows].mean()
+        if pairs is not None:  # the measure every pairwise objective shares (see dpo.reward_metrics)
+            n_chosen, n_rejected = answer_lengths(pairs)
+            chosen, rejected = logps.detach()[: len(pairs)], logps.detach()[len(pairs) :]
+            values["choice/accuracy"] = (chosen / n_chosen > rejected / n_rejected).float().mean()
         return values

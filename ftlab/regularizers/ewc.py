@@ -170,7 +170,7 @@ class EWC(Regularizer):
                 )
             return
         kind = f"{self.name}'s old data {type(self.data).__name__} yields {self.data.batch_type.__name__} batches"
-        if self.data.batch_type is not objective.batch_type:
+        if not objective.consumes(self.data.batch_type):
             raise FTLabError(
                 f"{kind}, which objective {objective.name} cannot score; give text, SFT data or data of the "
                 "objective's kind"

@@ -31,6 +31,8 @@ CAPABILITIES = (
     "trains_backbone",
     "schedules_trainable",
     "batch_type",
+    "also_consumes",
+    "consumes",
     "has_head",
     "needs_reference",
     "needs_rollouts",
