@@ -30,7 +30,7 @@ from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvi
 from ftlab import console, resume, runfolder
 from ftlab.errors import FTLabError
 from ftlab.run_parser import COMPOSITION, add_run_options
-from ftlab.runlock import RunLock, is_launched_rank
+from ftlab.runlock import LOCK, RunLock, is_launched_rank
 
 _LOGS_IN = {"CSVLogger": "save_dir", "TensorBoardLogger": "save_dir", "WandbLogger": "save_dir"}
 
@@ -75,6 +75,8 @@ def guard_run_folder(config: Namespace) -> None:
         lock = RunLock(root)
         lock.acquire()
         _LOCKS.append(lock)
+        for path in runfolder.remove_unfinished(root, keep_prefix=LOCK):
+            print(f"ftlab: removed {path}, left by a save that was killed mid-write", file=sys.stderr)
     ckpt = config.get("ckpt_path")
     if ckpt:
         path = resume.resolve(root, str(ckpt))

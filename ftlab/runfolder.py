@@ -8,7 +8,9 @@
     DONE                   written last, only when fit ended normally
 
 Everything is written to a temporary name in the same folder, flushed to disk (fsync) and renamed into
-place (os.replace), so a killed run never leaves a half-written file that a later reader would trust.
+place (os.replace), so a killed run never leaves a half-written file that a later reader would trust; the
+temporary file a killed save leaves behind (`.<name>.XXXXXXXX`) is removed by the next fit that takes the
+folder's lock (`remove_unfinished`).
 Lightning checkpoints go the same way through `AtomicCheckpointIO` (ftlab.cli installs it on every
 Trainer's strategy). Text written here passes
 through `redact`: the value of any environment variable whose name says it is a secret (API keys,
@@ -92,6 +94,24 @@ def atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename is still atomic
         _fsync(path.parent)  # and the rename itself survives a crash
+
+
+_UNFINISHED = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+
+
+def remove_unfinished(root: Path, keep_prefix: str) -> list[Path]:
+    """Remove the temporary files that saves killed mid-write left in run folder `root` and its checkpoints
+    (named as `atomic_write` names them; never a file starting with `keep_prefix`, the lock's own); call it only
+    while holding the folder's lock, when no other process writes here. Returns what it removed."""
+    removed = []
+    for folder in (root, root / CHECKPOINTS):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.is_file() and _UNFINISHED.match(path.name) and not path.name.startswith(keep_prefix):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,3 +157,26 @@ def test_checkpoint_every_n_steps_from_the_command_line(tmp_path: Path) -> None:
     )
     saving = [(c._every_n_train_steps, c.save_last, c.save_top_k, c.dirpath) for c in cli.trainer.checkpoint_callbacks]
     assert saving == [(5, True, 0, str(tmp_path / "x" / "checkpoints"))]
+
+
+def test_a_resume_removes_the_temporary_files_of_saves_killed_mid_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "run"
+    main(fit_args(tmp_path, root, "--trainer.max_steps=3"))
+    (root / "DONE").unlink()
+    # what a SIGKILL inside atomic_write leaves (its mkstemp names), beside the intact files
+    left = [
+        Path(tempfile.mkstemp(prefix=".last.ckpt.", dir=root / "checkpoints")[1]),
+        Path(tempfile.mkstemp(prefix=f".{runfolder.SUMMARY}.", dir=root)[1]),
+    ]
+    kept = [root / "notes.txt", root / f"{LOCK}.zz00yy11", root / ".hidden"]  # the user's; another taker's
+    for path in (*left, *kept):
+        path.write_text("partial")
+    capsys.readouterr()
+    main(fit_args(tmp_path, root, "--trainer.max_steps=5", "--ckpt_path=last"))
+    err = capsys.readouterr().err
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+    assert all(f"removed {path}, left by a save that was killed mid-write" in err for path in left)
+    assert sorted(csv_losses(root)) == [0, 1, 2, 3, 4] and (root / "DONE").exists()
