@@ -57,6 +57,10 @@ def main(args: list[str] | None = None) -> None:
         names = ", ".join(SUBCOMMANDS)
         print(f"ftlab: error: the first argument must be a subcommand ({names}){hint}", file=sys.stderr)
         raise SystemExit(2)
+    if argv[0] == "fit":
+        from ftlab import early_signals
+
+        early_signals.hold()  # a requeue notice during the imports below is kept for the fit, not fatal
     from ftlab.cli import main as cli_main
 
     cli_main(args)

@@ -18,7 +18,9 @@ bare srun), global rank 0 runs `scontrol requeue JOB` (an array task: `ARRAYJOB_
 pass it as `--ckpt_path`). FTLAB_SLURM_REQUEUE=0 never requeues, =1 also requeues outside a batch script (where
 SLURM_JOB_ID is set). SIGTERM never requeues: it is SLURM stopping the job (scancel, the time limit, its own
 preemption), which decides itself whether the job comes back. If a config names Lightning's SLURMEnvironment
-with auto_requeue on, SIGUSR1 stays Lightning's and this callback handles SIGTERM only.
+with auto_requeue on, SIGUSR1 stays Lightning's and this callback handles SIGTERM only. A notice that arrives
+while `ftlab fit` is still importing or parsing is held (`ftlab.early_signals`) and taken over here at setup:
+the fit stops after its first step, as for a notice mid-fit.
 
 Written by hand: Lightning's requeue lives inside its signal handler, which is the part this replaces.
 """
@@ -38,7 +40,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from ftlab import runfolder
+from ftlab import early_signals, runfolder
 from ftlab.errors import FTLabError
 
 log = logging.getLogger("ftlab")
@@ -82,6 +84,7 @@ class Preemption(pl.Callback):
         self.requeued = False
         self._runner = runner
         self._previous: dict[int, Any] = {}
+        self._forward: int | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
@@ -103,13 +106,21 @@ class Preemption(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
+        early = early_signals.release()  # a notice that came while the command was importing
         requeue_command(None, os.environ)  # a malformed REQUEUE_FLAG fails now, not at the preemption
         self.received, self.stop_signal, self.stopped, self.requeued = None, None, False, False
+        self._forward = None
         if self._owns_sigusr1(trainer):
             self._install(signal.SIGUSR1)  # from setup on: a notice during model loading or the sanity check counts
+            self.received = early
+        else:
+            self._forward = early  # Lightning's requeue handler owns SIGUSR1: it gets the notice once installed
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._install(signal.SIGTERM)  # replaces Lightning's, which would stop the loop with an exception
+        if self._forward is not None:
+            os.kill(os.getpid(), self._forward)
+            self._forward = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._restore(signal.SIGTERM)

@@ -200,3 +200,31 @@ def test_a_sigusr1_in_a_slurm_batch_job_requeues_it_and_exits_0(tmp_path: Path) 
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2 and not (tmp_path / "run" / "DONE").exists()
     assert not list((tmp_path / "run").glob("hpc_ckpt_*"))
+
+
+NOTICE_WHILE_IMPORTING = """
+import os, signal, sys
+from ftlab import early_signals, entry
+hold = early_signals.hold
+def hold_then_notice():
+    hold()
+    os.kill(os.getpid(), signal.SIGUSR1)  # the requeue notice, before torch or Lightning is imported
+early_signals.hold = hold_then_notice
+entry.main(sys.argv[1:])
+"""
+
+
+def test_a_requeue_notice_during_the_imports_is_kept_for_the_fit(tmp_path: Path) -> None:
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FTLAB_SLURM"))}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", SLURM_JOB_ID="4242", ENVIRONMENT="BATCH", PYTHONPATH=str(REPO))
+    root = tmp_path / "run"
+    command = [sys.executable, "-c", NOTICE_WHILE_IMPORTING, *args("sft_lora", root, tmp_path / "tape.jsonl")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]  # the default action of SIGUSR1 would have ended it
+    assert calls.read_text() == "requeue 4242\n" and not (root / "DONE").exists()
+    checkpoint = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 1 and max(tape(tmp_path / "tape.jsonl")) == 1  # stopped after step 1

@@ -295,3 +295,13 @@ def test_the_templates_resume_from_last_ckpt(template: str, tmp_path: Path) -> N
     last.write_text("")
     os.utime(last, (1, 1))  # older than the HPC save, still preferred: it was saved at a step boundary
     assert f"--ckpt_path {last}" in run_template(template, run, tmp_path)
+
+
+def test_a_held_notice_is_recorded_and_the_handler_given_back() -> None:
+    from ftlab import early_signals
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    early_signals.hold()
+    os.kill(os.getpid(), signal.SIGUSR1)  # recorded, not acted on
+    assert early_signals.release() == USR1
+    assert signal.getsignal(signal.SIGUSR1) is previous and early_signals.release() is None
