@@ -109,6 +109,9 @@ class MixtureDataModule(FineTuneDataModule):
         batches_per_epoch: Training batches per epoch; default: one pass over every task's examples.
         seed: Seed of the task draw and the per-task shuffles.
         num_workers: DataLoader worker processes.
+        selection_fraction: When above 0, every task holds out this share of its training rows as its selection
+            split (see FineTuneDataModule), in place of the task's own setting.
+        evaluate_on: `val` or `selection`, for every task: the split each task's validation loop runs on.
     """
 
     def __init__(
@@ -119,10 +122,18 @@ class MixtureDataModule(FineTuneDataModule):
         batches_per_epoch: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        selection_fraction: float = 0.0,
+        evaluate_on: str = "val",
     ) -> None:
         if not tasks:
             raise FTLabError("data tasks names no datamodule to mix")
-        super().__init__(train=list(tasks), seed=seed, num_workers=num_workers)
+        super().__init__(
+            train=list(tasks),
+            seed=seed,
+            num_workers=num_workers,
+            selection_fraction=selection_fraction,
+            evaluate_on=evaluate_on,
+        )
         if weights is not None and temperature is not None:
             raise FTLabError("set data weights or data temperature, not both")
         if temperature is not None and temperature <= 0:
@@ -137,6 +148,9 @@ class MixtureDataModule(FineTuneDataModule):
         if len(set(packing.values())) != 1:
             raise FTLabError(f"data tasks must all pack or all not pack (packing: {packing})")
         self.tasks = dict(tasks)
+        for task in self.tasks.values():  # a study tunes the mixture: each task scores on its own selection split
+            if selection_fraction > 0:
+                task.selection_fraction, task.evaluate_on = selection_fraction, evaluate_on
         self.weights = weights
         self.temperature = temperature
         self.batches_per_epoch = batches_per_epoch

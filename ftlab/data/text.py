@@ -128,7 +128,7 @@ class TextDataModule(FineTuneDataModule):
     Args:
         text_field: Column holding the text when a source is a table (json, jsonl, csv, parquet).
         holdout_tail: Share of the rows, from the end of the training text, held out for validation
-            when `val` is not given.
+            when `val` is not given; a selection split (`selection_fraction`) is drawn from the rows before it.
         **kwargs: See FineTuneDataModule (`train`/`val` name text files).
     """
 
@@ -149,8 +149,14 @@ class TextDataModule(FineTuneDataModule):
         n_val = max(1, round(len(rows) * self.holdout_tail))
         if n_val >= len(rows):
             raise FTLabError(f"data holdout_tail={self.holdout_tail} leaves no training row of {len(rows)}")
-        train = rows[:-n_val][: self.limit] if self.limit is not None else rows[:-n_val]
-        self.train_set, self.val_set = train, rows[-n_val:]
+        train, selection = self._split_selection(rows[:-n_val])  # the tail stays put with or without it
+        self.train_set = train[: self.limit] if self.limit is not None else train
+        self.val_set = rows[-n_val:]
+        if selection:
+            self.selection_set = selection
+            self.stats["selection_examples"] = len(selection)
+            if self.evaluate_on == "selection":
+                self.val_set = selection
         self.stats["train_examples"] = len(self.train_set)
         self.stats["val_examples"] = len(self.val_set)
 

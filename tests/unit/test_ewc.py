@@ -163,6 +163,25 @@ def test_text_holdout_tail_is_the_end_of_the_stream(tokenizer, tmp_path: Path) -
     assert [c.input_ids for c in whole.train_set] == [c.input_ids for c in dm.train_set + dm.val_set]
 
 
+def test_text_holdout_tail_with_a_selection_split_drawn_before_the_tail(tokenizer, tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"word{i}" for i in range(200)))
+
+    def setup(**options) -> TextDataModule:
+        dm = TextDataModule(train=str(text), max_length=16, holdout_tail=0.25, **options)
+        dm.tokenizer = tokenizer
+        dm.setup("fit")
+        return dm
+
+    plain, tuned = setup(), setup(selection_fraction=0.2)
+    scored = setup(selection_fraction=0.2, evaluate_on="selection")
+    ids = lambda chunks: [tuple(c.input_ids) for c in chunks]  # noqa: E731
+    assert ids(tuned.val_set) == ids(plain.val_set)  # the tail (the reported split) does not move
+    assert len(tuned.selection_set) == round(len(plain.train_set) * 0.2)
+    assert sorted(ids(tuned.selection_set) + ids(tuned.train_set)) == sorted(ids(plain.train_set))
+    assert ids(scored.val_set) == ids(tuned.selection_set) and ids(scored.train_set) == ids(tuned.train_set)
+
+
 def reward() -> list[FunctionReward]:
     return [FunctionReward(TokenShare(token_id=11))]
 

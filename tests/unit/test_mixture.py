@@ -67,6 +67,34 @@ def test_mixture_of_sft_files(tmp_path: Path, tokenizer) -> None:
     assert [[len(batch) for batch in loader] for loader in val] == [[4, 2], [2]]
 
 
+def test_a_selection_split_for_every_task(tmp_path: Path, tokenizer) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"a {i}", "output": f"x {i}"} for i in range(30)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"b {i}", "output": f"y {i}"} for i in range(10)])
+
+    def mixture(**options) -> MixtureDataModule:
+        dm = MixtureDataModule(
+            tasks={
+                "a": SFTDataModule(train=str(a), val_fraction=0.2, batch_size=4),
+                "b": SFTDataModule(train=str(b), val_fraction=0.2, batch_size=2),
+            },
+            **options,
+        )
+        dm.tokenizer = tokenizer
+        dm.setup("fit")
+        return dm
+
+    plain, tuned = mixture(), mixture(selection_fraction=0.25)
+    scored = mixture(selection_fraction=0.25, evaluate_on="selection")
+    ids = lambda examples: [tuple(e.input_ids) for e in examples]  # noqa: E731
+    # per task: a 30 rows, 6 validation, round(24 / 4) = 6 selection, 18 train; b 10, 2, 2, 6
+    assert [tuned.stats[f"{t}/selection_examples"] for t in "ab"] == [6, 2] and len(tuned.train_set) == 24
+    assert ids(tuned.val_set) == ids(plain.val_set)  # the reported split does not move
+    selection = [ex for task in tuned.tasks.values() for ex in task.selection_set]
+    assert ids(scored.val_set) == ids(selection) and scored.val_names == ["a", "b"]
+    with pytest.raises(FTLabError, match="data evaluate_on=selection needs a selection split"):
+        MixtureDataModule(tasks={"a": SFTDataModule(train=str(a))}, evaluate_on="selection")
+
+
 def test_mid_epoch_resume_skips_the_batches_already_trained_on(tmp_path: Path, tokenizer) -> None:
     dm = two_tasks(tmp_path, tokenizer)
     whole = [batch.input_ids for batch in dm.train_dataloader()]
