@@ -57,6 +57,14 @@ def main(args: list[str] | None = None) -> None:
         names = ", ".join(SUBCOMMANDS)
         print(f"ftlab: error: the first argument must be a subcommand ({names}){hint}", file=sys.stderr)
         raise SystemExit(2)
+    from ftlab import help_cache
+
+    if help_cache.is_plain_help(argv):
+        if help_cache.print_cached(argv):
+            raise SystemExit(0)
+        from ftlab.cli import main as cli_main
+
+        help_cache.record(argv, lambda: cli_main(argv))
     if argv[0] == "fit":
         from ftlab import early_signals
 

@@ -19,10 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab.errors import FTLabError
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FTLAB_CACHE", Path.home() / ".cache" / "ftlab"))
+from ftlab.paths import cache_root as cache_root  # where every cache entry lives
 
 
 def stable_hash(obj: Any) -> str:

@@ -46,6 +46,56 @@ def test_top_level_help_names_ftlab_and_every_subcommand_without_torch() -> None
     assert imported.stdout.strip() == "[]", imported.stderr
 
 
+HELP_PROBE = """
+import sys
+from ftlab.entry import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    print(done.code, sorted({'torch', 'lightning'} & set(sys.modules)), file=sys.stderr)
+"""
+
+
+def test_subcommand_help_is_recorded_once_and_then_printed_without_torch(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FTLAB_CACHE": str(tmp_path / "cache"), "COLUMNS": "100"}
+
+    def help_of(*argv: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", HELP_PROBE, *argv]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+
+    first, second = help_of("fit", "--help"), help_of("fit", "--help")
+    assert first.stderr.strip().endswith("0 ['lightning', 'torch']")  # built by LightningCLI
+    assert second.stderr.strip() == "0 []"  # the recorded text: neither torch nor Lightning imported
+    assert second.stdout == first.stdout and "--model.method" in first.stdout and "--trainer.max_steps" in first.stdout
+    # another form of help is never answered from the record: the parser runs
+    assert help_of("fit", "--model.method.help", "ftlab.methods.LoRA").stderr.strip().endswith("['lightning', 'torch']")
+
+
+def test_the_help_record_is_keyed_by_what_shapes_the_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ftlab import help_cache
+
+    package = tmp_path / "ftlab"  # a stand-in package: editing one of its files gives another key
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "cli.py").write_text("x = 1\n")
+    monkeypatch.setattr(help_cache, "ftlab", SimpleNamespace(__file__=str(package / "__init__.py"), __version__="9"))
+    before = help_cache.key(["fit", "--help"])
+    (package / "cli.py").write_text("x = 22\n")
+    assert help_cache.key(["fit", "--help"]) != before
+
+    base = help_cache.key(["fit", "--help"])
+    assert help_cache.key(["validate", "--help"]) != base
+    monkeypatch.setenv("COLUMNS", "61")
+    wider = help_cache.key(["fit", "--help"])
+    assert wider != base
+    monkeypatch.setattr(help_cache, "_version", lambda name: "0.0-upgraded")
+    assert help_cache.key(["fit", "--help"]) != wider
+    assert help_cache.is_plain_help(["fit", "-h"]) and not help_cache.is_plain_help(["fit", "--config", "x", "-h"])
+    assert not help_cache.is_plain_help(["sweep", "--help"])
+
+
 def test_an_option_before_the_subcommand_is_one_sentence_with_the_fix() -> None:
     done = ftlab("--model.method.help", "ftlab.methods.LoRA")
     assert done.returncode == 2 and "Traceback" not in done.stderr
