@@ -1,8 +1,12 @@
 """ftlab: fine-tuning research as a composition of backbone, method, objective and data."""
 
 import logging
+import time
 
 __version__ = "0.1.0"
+
+STARTED = time.time()
+"""When ftlab was first imported in this process (a run's `startup_seconds` counts from here)."""
 
 
 def _quiet_optional_hub_kernel(record: logging.LogRecord) -> bool:

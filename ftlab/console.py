@@ -4,6 +4,7 @@ exact message and category or logger), and the last lines of a fit saying why it
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -78,4 +79,8 @@ def report_fit(root: Path) -> None:
     if NOTICES.stopped:
         print(f"fit stopped: {NOTICES.stopped}", flush=True)
         NOTICES.stopped = None
+    summary = root / runfolder.SUMMARY
+    startup = json.loads(summary.read_text()).get("startup_seconds") if summary.is_file() else None
+    if startup is not None:
+        print(f"first step {startup:.1f} s after start (imports, config, model and data)", flush=True)
     print(outputs_line(root), flush=True)

@@ -1,7 +1,8 @@
 """RunReport: measures a run and writes its summary, final weights and DONE marker.
 
 Throughput counts non-padding tokens (counted at collate time on the host, so measuring costs no
-device sync) and is logged as `perf/tokens_per_sec` every `log_every_n_steps`.
+device sync) and is logged as `perf/tokens_per_sec` every `log_every_n_steps`. `startup_seconds` is the time
+from ftlab's import in this process to its first training batch (imports, config, model, data, checkpoint).
 
 Memory is reported twice, named by where it is held:
 
@@ -29,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+import ftlab
 from ftlab import runfolder
 
 
@@ -90,6 +92,7 @@ class RunReport(pl.Callback):
         self._train_time = 0.0
         self._paused_at = 0.0
         self._device_peak: dict[str, float] | None = None
+        self.startup_seconds: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "curve": self.curve, "train_time": self._train_time}
@@ -103,6 +106,10 @@ class RunReport(pl.Callback):
         self._fit_start = time.perf_counter()
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if self.startup_seconds is None:  # this process's start-up: imports, config, model, data, checkpoint
+            self.startup_seconds = time.time() - ftlab.STARTED
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._window_start = time.perf_counter()
@@ -174,6 +181,7 @@ class RunReport(pl.Callback):
             "tokens_per_sec": self.tokens * trainer.world_size / self._train_time if self._train_time else None,
             **memory_report(self._device_peak, peak_host_memory_mb()),
             "wall_seconds": time.perf_counter() - self._fit_start,
+            "startup_seconds": self.startup_seconds,
             "train_loss": self.curve[-1][1] if self.curve else metrics.get("train/loss"),
             "train_loss_first": self.curve[0][1] if self.curve else None,
             "loss_curve": self.curve,

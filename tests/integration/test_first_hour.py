@@ -3,6 +3,7 @@ its run folder named at the end), and the warning when online RL starts with no 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -116,9 +117,11 @@ def test_a_fit_is_quiet_and_ends_with_its_run_folder(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [n for n in NOISE if n in done.stdout + done.stderr] == []
-    last = done.stdout.strip().splitlines()[-2:]
+    last = done.stdout.strip().splitlines()[-3:]
     assert last[0] == "fit stopped: max_steps=2 reached"
-    assert last[1].startswith(f"run folder: {run} (summary.json, trainable.safetensors, config.yaml, logs/metrics.csv")
+    startup = json.loads((run / "summary.json").read_text())["startup_seconds"]
+    assert startup > 0 and last[1] == f"first step {startup:.1f} s after start (imports, config, model and data)"
+    assert last[2].startswith(f"run folder: {run} (summary.json, trainable.safetensors, config.yaml, logs/metrics.csv")
 
 
 def constant(prompts, completions, completion_ids, **columns) -> list[float]:
