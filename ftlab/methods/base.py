@@ -32,6 +32,8 @@ class Method:
     """Works on packed rows (several examples per row, told apart by position ids)."""
     trains_backbone: ClassVar[bool] = True
     """False when only an objective's head trains (feature extraction)."""
+    supports_activation_checkpointing: ClassVar[bool] = True
+    """Trains with each block's activations recomputed in the backward pass (`model.activation_checkpointing`)."""
     merges_for_decoding: ClassVar[bool] = False
     """`merged_for_decoding(model)` folds the method into the weights while sampling (one matmul per layer
     instead of several) and takes it out after; the frozen weights come back within float rounding."""

@@ -24,6 +24,8 @@ class PrefixTuning(PromptLearning):
         projection_hidden: Hidden size of that MLP.
     """
 
+    supports_activation_checkpointing = False  # the checkpointed blocks drop the prefixes' cache: shapes differ
+
     def __init__(self, num_virtual_tokens: int = 16, projection: bool = False, projection_hidden: int = 512) -> None:
         if num_virtual_tokens < 1:
             raise FTLabError(f"PrefixTuning num_virtual_tokens must be at least 1, got {num_virtual_tokens}")

@@ -55,6 +55,11 @@ def check_speed(method: Any, compile: bool | dict[str, Any], activation_checkpoi
             f"model.activation_checkpointing has nothing to save with method {method.name}: no gradient flows "
             "through the backbone; set it to false"
         )
+    if activation_checkpointing and not method.supports_activation_checkpointing:
+        raise FTLabError(
+            f"model.activation_checkpointing cannot recompute the blocks of method {method.name}: its key/value "
+            "prefixes live in the attention cache, which checkpointed blocks do not use; set it to false"
+        )
 
 
 def _hf_model(model: nn.Module) -> nn.Module:

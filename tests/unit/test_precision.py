@@ -1,4 +1,5 @@
-"""A bfloat16 frozen base under float32 trained weights, and per-block activation checkpointing."""
+"""A bfloat16 frozen base under float32 trained weights, and per-block activation checkpointing (every method of
+the catalogue: the same losses, or a refusal in one sentence)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import torch
 
 from ftlab.data import SFTDataModule
 from ftlab.errors import FTLabError
-from ftlab.methods import Full, GradualUnfreeze, LoRA
+from ftlab.methods import Full, GradualUnfreeze, LoRA, PrefixTuning
+from ftlab.models.compile import _hf_model, check_speed
 from ftlab.models.precision import check_frozen_dtype
 from ftlab.module import FineTuneModule
 from ftlab.objectives import SFT
 from tests.conftest import quiet_trainer
+from tests.integration.test_method_contract import METHODS
 
 
 class Losses(pl.Callback):
@@ -58,6 +61,25 @@ def test_activation_checkpointing_gives_the_same_losses(tiny_llama, sft_file, tm
     module, checkpointed = fit(tiny_llama, sft_file, tmp_path / "ckpt", LoRA(r=2), activation_checkpointing=True)
     assert module.model.get_base_model().is_gradient_checkpointing
     assert checkpointed == pytest.approx(plain, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_alike_with_activation_checkpointing(name: str, tiny_llama, sft_file, tmp_path) -> None:
+    method = METHODS[name]
+    if not method().supports_activation_checkpointing:
+        with pytest.raises(FTLabError, match=f"cannot recompute the blocks of method {method().name}"):
+            check_speed(method(), False, True)
+        return
+    _, plain = fit(tiny_llama, sft_file, tmp_path / "plain", method())
+    module, checkpointed = fit(tiny_llama, sft_file, tmp_path / "ckpt", method(), activation_checkpointing=True)
+    assert _hf_model(module.model).is_gradient_checkpointing
+    assert checkpointed == pytest.approx(plain, abs=1e-5)
+
+
+def test_prefix_tuning_is_refused_activation_checkpointing_in_one_sentence() -> None:
+    with pytest.raises(FTLabError, match="cannot recompute the blocks of method PrefixTuning: its key/value prefixes"):
+        check_speed(PrefixTuning(), False, True)
+    check_speed(PrefixTuning(), False, False)
 
 
 def test_liger_refused_off_cuda_and_applied_on_cuda(tiny_llama) -> None:
