@@ -169,7 +169,7 @@ def trials_table(study_dir: Path, meta: dict[str, Any], out: Path) -> str:
     """results/trials.csv (every tuning trial and its selection score) and a Markdown section of each
     group's trials; empty when the study has no tuning stage."""
     from ftlab.sweep.manifest import read_entries
-    from ftlab.sweep.trials import TRIALS
+    from ftlab.sweep.trials import TRIALS, pruned_reports
 
     path = study_dir / TRIALS
     if not path.is_file():
@@ -180,11 +180,16 @@ def trials_table(study_dir: Path, meta: dict[str, Any], out: Path) -> str:
         value = None
         if (Path(entry.run_dir) / runfolder.DONE).is_file() and summary.is_file():
             value = json.loads(summary.read_text()).get("metrics", {}).get(meta["metric"])
-        rows.append({"group": entry.group, "values": tuned_label(entry.tuned), "selection": value, "id": entry.id})
+        reports = pruned_reports(entry)
+        pruned = max(reports) if reports else None  # the step it stopped at
+        row = {"group": entry.group, "values": tuned_label(entry.tuned), "selection": value, "pruned_at": pruned}
+        rows.append({**row, "id": entry.id})
     write_csv(out / "trials.csv", rows)
     lines = ["", "## Tuning trials (scored on the selection split)", "", f"| group | values | {meta['metric']} |"]
     lines.append("|---|---|---|")
-    lines += [f"| {r['group']} | {r['values']} | {_fmt(_number(r['selection']))} |" for r in rows]
+    for r in rows:
+        note = f" (pruned at step {r['pruned_at']})" if r["pruned_at"] is not None else ""
+        lines.append(f"| {r['group']} | {r['values']} | {_fmt(_number(r['selection']))}{note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ from ftlab import runfolder
 from ftlab.errors import FTLabError
 from ftlab.sweep import manifest
 from ftlab.sweep.manifest import LOGS, Entry, is_done
+from ftlab.sweep.pruning import read_record
 from ftlab.sweep.study import Cell, Study, value_label
 from ftlab.sweep.tune import best, propose
 
@@ -72,14 +73,39 @@ def trial_entry(study: Study, group: Group, values: dict[str, Any]) -> Entry:
     cell = Cell(axes=axes, configs=list(group.cell.configs), overrides=overrides)
     cid = manifest.run_id(cell)
     run_dir = str(study.output / TRIAL_RUNS / cid)
-    argv = [*manifest.cell_argv(cell), f"--trainer.default_root_dir={run_dir}"]
+    argv = [*manifest.cell_argv(cell), f"--trainer.default_root_dir={run_dir}", *pruning_argv(study, group.label)]
     return Entry(0, cid, axes, run_dir, argv, group=group.label, tuned=dict(values))
 
 
+def pruning_argv(study: Study, group: str) -> list[str]:
+    """The arguments that give a trial its pruner (`tune.pruner`), or none."""
+    assert study.tune is not None
+    pruner = study.tune.pruner
+    if pruner is None:
+        return []
+    name, mode = metric(study)
+    return [
+        "--trainer.callbacks+=ftlab.sweep.pruning.PruneTrial",
+        f"--trainer.callbacks.trials={study.output / TRIALS}",
+        f"--trainer.callbacks.group={group}",
+        f"--trainer.callbacks.metric={name}",
+        f"--trainer.callbacks.mode={mode}",
+        f"--trainer.callbacks.startup_trials={pruner.startup_trials}",
+        f"--trainer.callbacks.warmup_steps={pruner.warmup_steps}",
+    ]
+
+
+def pruned_reports(entry: Entry) -> dict[int, float] | None:
+    """The scores a pruned trial reported by step; None when the trial was not pruned."""
+    record = read_record(entry.run_dir)
+    return record["reports"] if record and record.get("pruned") and is_done(Path(entry.run_dir)) else None
+
+
 def score(study: Study, entry: Entry) -> float | None:
-    """The trial's selection score from its summary.json; None when it has none (failed, or NaN)."""
+    """The trial's selection score from its summary.json; None when it has none (failed, NaN, or pruned: a
+    score at the step it stopped is not comparable to a finished trial's)."""
     path = Path(entry.run_dir) / runfolder.SUMMARY
-    if not is_done(Path(entry.run_dir)) or not path.is_file():
+    if not is_done(Path(entry.run_dir)) or not path.is_file() or pruned_reports(entry) is not None:
         return None
     value = json.loads(path.read_text()).get("metrics", {}).get(metric(study)[0])
     return float(value) if isinstance(value, (int, float)) and value == value else None
@@ -104,13 +130,14 @@ def plan(study: Study, cells: list[Cell], failed: set[str]) -> tuple[list[Entry]
         mine = [e for e in known if e.group == label]
         done = finished(study, mine, failed)
         pending = [e for e in mine if e.id not in {d.id for d, _ in done}]
-        history = [(e.tuned, value) for e, value in done]
+        pruned = [(e.tuned, r) for e, _ in done if (r := pruned_reports(e)) is not None]
+        history = [(e.tuned, value) for e, value in done if pruned_reports(e) is None]
         new = []
         if study.tune.sampler != "tpe":  # the whole budget is known: the values not yet proposed
             seen = [e.tuned for e in mine]
             new = [v for v in propose(study.tune, [], mode) if v not in seen]
         elif not pending:  # TPE learns from finished trials only: one round at a time
-            new = propose(study.tune, history, mode)
+            new = propose(study.tune, history, mode, pruned)
         for values in new:
             entry = trial_entry(study, group, values)
             trials.append(entry)

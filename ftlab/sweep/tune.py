@@ -14,6 +14,11 @@
                                     # on; the reported cells hold the same rows out, so both train alike
       overrides: {trainer.max_steps: 20}   # the trials' step budget, or anything else only the trials change
       metric: val/loss              # default: the study's metric and mode (on the selection split)
+      pruner: median                # Optuna's MedianPruner: a trial whose selection score at a validation is
+                                    # worse than the median of the group's finished trials at that step stops
+                                    # there and is never chosen; or {kind: median, startup_trials: 2,
+                                    # warmup_steps: 0} (finished trials needed first; no step below
+                                    # warmup_steps is pruned)
 
 The study's seeds then run at each group's best values (trials.py). A trial is proposed from the finished
 ones only: grid and random trials are all known at once; TPE asks Optuna's TPESampler, rebuilt from the
@@ -28,7 +33,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLERS = ("grid", "random", "tpe")
-KNOWN = {"params", "sampler", "trials", "batch", "by", "seed", "selection_fraction", "overrides", "metric", "mode"}
+KNOWN = {
+    "params",
+    "sampler",
+    "trials",
+    "batch",
+    "by",
+    "seed",
+    "selection_fraction",
+    "overrides",
+    "metric",
+    "mode",
+    "pruner",
+}
+PRUNERS = ("median",)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    kind: str = "median"
+    startup_trials: int = 2
+    warmup_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,22 @@ class TuneSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     metric: str | None = None
     mode: str | None = None
+    pruner: PrunerSpec | None = None
+
+
+def _pruner(error: Any, raw: Any) -> PrunerSpec | None:
+    if raw is None or raw is False or raw == "none":
+        return None
+    spec = {"kind": raw} if isinstance(raw, str) else raw
+    if not isinstance(spec, dict) or not set(spec) <= {"kind", "startup_trials", "warmup_steps"}:
+        raise error("tune.pruner", "expected median, or {kind: median, startup_trials: N, warmup_steps: N}")
+    kind = str(spec.get("kind", "median"))
+    if kind not in PRUNERS:
+        raise error("tune.pruner", f"unknown pruner {kind}; use one of {list(PRUNERS)} or none")
+    startup, warmup = spec.get("startup_trials", 2), spec.get("warmup_steps", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (startup, warmup)):
+        raise error("tune.pruner", f"startup_trials and warmup_steps must be whole numbers >= 0: {startup}, {warmup}")
+    return PrunerSpec(kind, startup, warmup)
 
 
 def _param(error: Any, name: str, spec: Any) -> Param:
@@ -112,11 +153,13 @@ def load_tune(error: Any, raw: Any, axes: list[str], seed_axis: str) -> TuneSpec
     spec.mode = raw.get("mode")
     if spec.mode not in (None, "min", "max"):
         raise error("tune.mode", f"must be min or max, got {spec.mode}")
-    if spec.sampler == "tpe":
+    spec.pruner = _pruner(error, raw.get("pruner"))
+    if spec.sampler == "tpe" or spec.pruner is not None:
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise error("tune.sampler", "tpe needs Optuna: pip install 'ftlab[tune]'") from None
+            key = "tune.sampler" if spec.sampler == "tpe" else "tune.pruner"
+            raise error(key, "needs Optuna: pip install 'ftlab[tune]'") from None
     return spec
 
 
@@ -141,7 +184,13 @@ def _draw(rng: random.Random, param: Param) -> Any:
     return rng.uniform(param.low, param.high)
 
 
-def _tpe(spec: TuneSpec, done: list[tuple[dict[str, Any], float | None]], mode: str, n: int) -> list[dict]:
+Pruned = list[tuple[dict[str, Any], dict[int, float]]]
+"""Pruned trials of a group: their values and the scores they reported, by step."""
+
+
+def _tpe(
+    spec: TuneSpec, done: list[tuple[dict[str, Any], float | None]], mode: str, n: int, pruned: Pruned
+) -> list[dict]:
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -160,15 +209,22 @@ def _tpe(spec: TuneSpec, done: list[tuple[dict[str, Any], float | None]], mode: 
     for params, value in done:
         state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value, state=state))
+    for params, reports in pruned:  # TPE ranks a pruned trial by its last report, as in one Optuna process
+        state = optuna.trial.TrialState.PRUNED
+        trial = optuna.trial.create_trial(params=params, distributions=dists, state=state, intermediate_values=reports)
+        study.add_trial(trial)
     return [study.ask(dists).params for _ in range(n)]
 
 
-def propose(spec: TuneSpec, done: list[tuple[dict[str, Any], float | None]], mode: str) -> list[dict[str, Any]]:
-    """The next trials of one group, given its finished ones (params, value or None if it failed), in order;
-    empty when the budget is spent. Grid and random return the whole budget at once (as long as nothing
-    finished yet, every call returns the same list), TPE one batch per call."""
+def propose(
+    spec: TuneSpec, done: list[tuple[dict[str, Any], float | None]], mode: str, pruned: Pruned | None = None
+) -> list[dict[str, Any]]:
+    """The next trials of one group, given its finished ones (params, value or None if it failed) and its
+    pruned ones, in order; empty when the budget is spent. Grid and random return the whole budget at once (as
+    long as nothing finished yet, every call returns the same list), TPE one batch per call."""
+    pruned = pruned or []
     if spec.sampler == "grid":
-        return grid_points(spec)[: spec.trials][len(done) :]
+        return grid_points(spec)[: spec.trials][len(done) + len(pruned) :]
     if spec.sampler == "random":
         rng = random.Random(spec.seed)
         if all(p.values for p in spec.params):
@@ -176,9 +232,9 @@ def propose(spec: TuneSpec, done: list[tuple[dict[str, Any], float | None]], mod
             picks = rng.sample(grid, min(spec.trials, len(grid)))
         else:
             picks = [{p.name: _draw(rng, p) for p in spec.params} for _ in range(spec.trials)]
-        return picks[len(done) :]
-    left = spec.trials - len(done)
-    return _tpe(spec, done, mode, min(spec.batch, left)) if left > 0 else []
+        return picks[len(done) + len(pruned) :]
+    left = spec.trials - len(done) - len(pruned)
+    return _tpe(spec, done, mode, min(spec.batch, left), pruned) if left > 0 else []
 
 
 def best(done: list[tuple[dict[str, Any], float | None]], mode: str) -> tuple[dict[str, Any], float] | None:

@@ -17,7 +17,7 @@ from ftlab.errors import FTLabError
 from ftlab.sweep import local
 from ftlab.sweep.cli import _parser, parallel_runs, sweep
 from ftlab.sweep.study import load_study
-from ftlab.sweep.tune import best, propose
+from ftlab.sweep.tune import Param, best, propose
 from tests.conftest import REPO
 
 # scores (log10(lr) + 3)^2 (+ 0.5 for prompt, + 0.01·seed); the selection split and the validation split
@@ -163,6 +163,9 @@ def test_samplers_and_best() -> None:
         ({**GRID, "sampler": "bayes"}, r"tune.sampler: unknown sampler bayes"),
         ({**GRID, "by": ["seed"]}, r"tune.by: expected a list of axes from \['method'\]"),
         ({**GRID, "budget": 3}, r"tune.budget: unknown key"),
+        ({**GRID, "pruner": "hyperband"}, r"tune.pruner: unknown pruner hyperband"),
+        ({**GRID, "pruner": {"kind": "median", "warmup_steps": -1}}, r"tune.pruner: startup_trials and warmup"),
+        ({**GRID, "pruner": {"patience": 2}}, r"tune.pruner: expected median, or \{kind: median"),
     ],
 )
 def test_bad_tune_sections_are_one_sentence(tmp_path: Path, tune: dict, message: str) -> None:
@@ -185,3 +188,56 @@ def test_dry_run_shows_the_first_trial_and_writes_nothing(tmp_path: Path, monkey
     out = capsys.readouterr().out
     assert "tuning 2 groups; first trial:" in out and "--data.init_args.evaluate_on=selection" in out
     assert not (tmp_path / "study").exists()
+
+
+def test_pruner_forms() -> None:
+    from ftlab.sweep.tune import PrunerSpec, _pruner
+
+    def error(key: str, message: str) -> FTLabError:
+        return FTLabError(f"{key}: {message}")
+
+    assert _pruner(error, None) is None and _pruner(error, "none") is None
+    assert _pruner(error, "median") == PrunerSpec("median", 2, 0)
+    assert _pruner(error, {"kind": "median", "startup_trials": 3, "warmup_steps": 10}) == PrunerSpec("median", 3, 10)
+
+
+def record(folder: Path, reports: dict[int, float], pruned: bool = False, done: bool = True) -> str:
+    folder.mkdir(parents=True)
+    (folder / "pruning.json").write_text(json.dumps({"reports": reports, "pruned": pruned}))
+    if done:
+        (folder / "DONE").write_text("")
+    return str(folder)
+
+
+def test_a_trial_below_the_median_of_the_finished_ones_is_pruned(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from ftlab.sweep.pruning import PruneTrial
+
+    finished = [record(tmp_path / "a", {2: 5.0, 4: 3.0}), record(tmp_path / "b", {2: 6.0, 4: 4.0})]
+    running = record(tmp_path / "c", {2: 0.1}, done=False)  # not finished: it sets no bar
+    other = record(tmp_path / "d", {2: 0.1})  # another group's
+    lines = [{"group": "g", "run_dir": d} for d in (*finished, running)] + [{"group": "h", "run_dir": other}]
+    trials = tmp_path / "trials.jsonl"
+    trials.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def prunes(reports: dict[int, float], mode: str = "min", **options) -> bool:
+        callback = PruneTrial(str(trials), "g", "val/loss", mode, **options)
+        callback.reports = reports
+        return callback.should_prune(tmp_path / "me")
+
+    # step 2: the finished trials' median is 5.5 (lower is better)
+    assert prunes({2: 7.0}) and not prunes({2: 5.0})
+    assert not prunes({2: 7.0}, "max")  # higher is better: 7 beats the median
+    assert not prunes({2: 7.0}, startup_trials=3)  # only 2 finished trials so far
+    assert not prunes({2: 7.0}, warmup_steps=3)  # steps before the warmup ends are never pruned
+    assert prunes({2: 5.0, 4: 3.9})  # step 4: median 3.5
+
+
+def test_pruned_trials_count_against_the_budget_and_inform_tpe() -> None:
+    pytest.importorskip("optuna")
+    from ftlab.sweep.tune import TuneSpec
+
+    lr = Param("lr", "model.optimizer.init_args.lr", low=1.0e-5, high=1.0e-1, log=True)
+    spec = TuneSpec([lr], sampler="tpe", trials=3, batch=2)
+    assert len(propose(spec, [({"lr": 1e-3}, 1.0)], "min", [({"lr": 1e-1}, {5: 9.0})])) == 1  # 3 − 1 − 1
+    assert propose(spec, [({"lr": 1e-3}, 1.0), ({"lr": 1e-4}, 2.0)], "min", [({"lr": 1e-1}, {5: 9.0})]) == []
