@@ -4,6 +4,7 @@ global-token divisor and for each rank's own token mean (run by tests/integratio
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -44,9 +45,11 @@ def grads(model: nn.Module, ctx: StepContext, rows: slice, divisor: str) -> torc
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def rank(r: int, out: str, port: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=r, world_size=2)
+def rank(r: int, out: str, store: str) -> None:
+    # a file store, not a TCP port picked and released beforehand (with which one run in several hung here);
+    # a stuck collective fails in a minute instead of hanging the suite
+    timeout = datetime.timedelta(seconds=60)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=2, timeout=timeout)
     rows = slice(2 * r, 2 * r + 2)
     results = {}
     for divisor in ("global", "rank"):
@@ -56,16 +59,15 @@ def rank(r: int, out: str, port: str) -> None:
     if r == 0:
         with open(out, "w") as f:
             json.dump(results, f)
+    dist.barrier()  # neither rank tears down while the other still talks to rank 0's store
     dist.destroy_process_group()
 
 
 def main(out: str) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    mp.spawn(rank, args=(out + ".ranks", port), nprocs=2)
+    store = out + ".store"
+    if os.path.exists(store):
+        os.unlink(store)
+    mp.spawn(rank, args=(out + ".ranks", store), nprocs=2)
     with open(out + ".ranks") as f:
         ranks = {k: torch.tensor(v) for k, v in json.load(f).items()}
     one = grads(policy(), StepContext(model=None, reference=None), slice(0, ROWS), "global")
