@@ -34,11 +34,14 @@ def hold() -> None:
             _held[signum] = signal.signal(signum, _record)
 
 
-def release() -> int | None:
-    """Give the held signals their previous handlers back; the signal that arrived meanwhile, or None."""
+def release(keep_current: bool = False) -> int | None:
+    """Give the held signals their previous handlers back, where the holding handler is still in place (never
+    over one installed since; with `keep_current`, never at all: the caller has installed its own); the signal
+    that arrived meanwhile, or None."""
     global _pending
     for signum, previous in _held.items():
-        signal.signal(signum, previous)
+        if not keep_current and signal.getsignal(signum) is _record:
+            signal.signal(signum, previous)
     _held.clear()
     pending, _pending = _pending, None
     return pending

@@ -64,7 +64,7 @@ def main(args: list[str] | None = None) -> None:
             raise SystemExit(0)
         from ftlab.cli import main as cli_main
 
-        help_cache.record(argv, lambda: cli_main(argv))
+        help_cache.record(argv, lambda: cli_main(args))
         return  # the parser exits after its help; never run the subcommand as well
     if argv[0] == "fit":
         from ftlab import early_signals

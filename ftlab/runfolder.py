@@ -96,19 +96,24 @@ def atomic_write(path: Path, write: Any) -> None:
         _fsync(path.parent)  # and the rename itself survives a crash
 
 
-_UNFINISHED = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+def _unfinished(name: str, written: set[str]) -> bool:
+    """Whether `name` is the temporary name `atomic_write` gives one of `written` (`.<name>.XXXXXXXX`)."""
+    match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}", name)
+    return match is not None and (match[1] in written or match[1].endswith(".ckpt"))
 
 
 def remove_unfinished(root: Path, keep_prefix: str) -> list[Path]:
-    """Remove the temporary files that saves killed mid-write left in run folder `root` and its checkpoints
-    (named as `atomic_write` names them; never a file starting with `keep_prefix`, the lock's own); call it only
-    while holding the folder's lock, when no other process writes here. Returns what it removed."""
+    """Remove the temporary files that saves killed mid-write left in run folder `root` and its checkpoints:
+    only the temporary names of what a run writes (config, summary, weights, DONE, checkpoints), never a file
+    starting with `keep_prefix` (the lock's own); call it only while holding the folder's lock, when no other
+    process writes here. Returns what it removed."""
+    written = {CONFIG, SUMMARY, WEIGHTS, DONE}
     removed = []
     for folder in (root, root / CHECKPOINTS):
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.is_file() and _UNFINISHED.match(path.name) and not path.name.startswith(keep_prefix):
+            if path.is_file() and _unfinished(path.name, written) and not path.name.startswith(keep_prefix):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed

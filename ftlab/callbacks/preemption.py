@@ -106,15 +106,15 @@ class Preemption(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        early = early_signals.release()  # a notice that came while the command was importing
         requeue_command(None, os.environ)  # a malformed REQUEUE_FLAG fails now, not at the preemption
         self.received, self.stop_signal, self.stopped, self.requeued = None, None, False, False
         self._forward = None
         if self._owns_sigusr1(trainer):
             self._install(signal.SIGUSR1)  # from setup on: a notice during model loading or the sanity check counts
-            self.received = early
+            early = early_signals.release(keep_current=True)  # a notice that came while the command was importing
+            self.received = self.received or early
         else:
-            self._forward = early  # Lightning's requeue handler owns SIGUSR1: it gets the notice once installed
+            self._forward = early_signals.release()  # Lightning's requeue handler gets the notice once installed
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._install(signal.SIGTERM)  # replaces Lightning's, which would stop the loop with an exception
@@ -138,9 +138,10 @@ class Preemption(pl.Callback):
         if trainer.world_size > 1:
             usr1 = trainer.strategy.reduce_boolean_decision(usr1, all=False)
         self.stop_signal = int(signal.SIGUSR1) if usr1 else int(self.received or signal.SIGTERM)
-        if idx + 1 == trainer.num_training_batches and trainer.num_training_batches > 1:
+        if usr1 and idx + 1 == trainer.num_training_batches and trainer.num_training_batches > 1:
             # an epoch's last batch: Lightning resumes a checkpoint saved here one epoch too far (and one saved
-            # at the epoch's end with its log steps shifted by one), so stop after the next batch instead
+            # at the epoch's end with its log steps shifted by one), so a requeue notice, which comes minutes
+            # ahead, stops after the next batch; SIGTERM, with only SLURM's KillWait left, saves now
             return
         path = checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)

@@ -134,6 +134,7 @@ class GRPO(OnlineRL):
         lengths = rollout.completion_mask.sum(-1)
         if self.overlong_buffer > 0:
             rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer)
+        graded = rewards  # what dynamic sampling looks at: before any KL penalty, which no two samples share
         penalty: dict[str, torch.Tensor] = {}
         old: torch.Tensor | None = None
         ref: torch.Tensor | None = None
@@ -148,7 +149,7 @@ class GRPO(OnlineRL):
         adv = advantages(rewards, self.num_generations, self.advantage, scale=self.scale_rewards)
         kept = torch.ones_like(rewards, dtype=torch.bool)
         if self.dynamic_sampling:
-            informative = informative_groups(rewards, self.num_generations)
+            informative = informative_groups(graded, self.num_generations)
             if bool(informative.any()):
                 kept = informative
                 rows = informative.nonzero().squeeze(-1)

@@ -10,6 +10,7 @@ its group's best; TPE sees it as Optuna does, a pruned trial ranked by its last 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import lightning.pytorch as pl
 from ftlab import runfolder
 from ftlab.errors import FTLabError
 
+log = logging.getLogger(__name__)
 RECORD = "pruning.json"
 
 
@@ -63,6 +65,7 @@ class PruneTrial(pl.Callback):
         self.warmup_steps = warmup_steps
         self.reports: dict[int, float] = {}
         self.pruned = False
+        self._warned = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"reports": self.reports}
@@ -75,12 +78,17 @@ class PruneTrial(pl.Callback):
             return
         value = trainer.callback_metrics.get(self.metric)
         if value is None:
-            raise FTLabError(f"PruneTrial: the run logs no {self.metric} to prune on (check the study's metric)")
+            if not self._warned:  # e.g. a metric logged after validation (generation): nothing to prune on
+                log.warning("PruneTrial: no %s at this validation; the trial is not pruned on it", self.metric)
+                self._warned = True
+            return
         score = float(value)
         if not math.isfinite(score):
             return  # a NaN score is the run's failure to report, not a rank
         self.reports[trainer.global_step] = score
-        self.pruned = self.should_prune(Path(trainer.default_root_dir))
+        # one decision for every rank (each reads the sibling folders at its own moment)
+        decision = self.should_prune(Path(trainer.default_root_dir)) if trainer.is_global_zero else False
+        self.pruned = bool(trainer.strategy.broadcast(decision, src=0))
         if self.pruned:
             trainer.should_stop = True
         if trainer.is_global_zero:

@@ -171,7 +171,7 @@ def test_a_resume_removes_the_temporary_files_of_saves_killed_mid_write(
         Path(tempfile.mkstemp(prefix=".last.ckpt.", dir=root / "checkpoints")[1]),
         Path(tempfile.mkstemp(prefix=f".{runfolder.SUMMARY}.", dir=root)[1]),
     ]
-    kept = [root / "notes.txt", root / f"{LOCK}.zz00yy11", root / ".hidden"]  # the user's; another taker's
+    kept = [root / "notes.txt", root / f"{LOCK}.zz00yy11", root / ".hidden", root / ".env.settings"]  # not ours
     for path in (*left, *kept):
         path.write_text("partial")
     capsys.readouterr()

@@ -305,3 +305,19 @@ def test_a_held_notice_is_recorded_and_the_handler_given_back() -> None:
     os.kill(os.getpid(), signal.SIGUSR1)  # recorded, not acted on
     assert early_signals.release() == USR1
     assert signal.getsignal(signal.SIGUSR1) is previous and early_signals.release() is None
+
+
+def test_release_never_replaces_a_handler_installed_since_the_hold() -> None:
+    from ftlab import early_signals
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    early_signals.hold()
+
+    def mine(signum, frame) -> None:
+        pass
+
+    signal.signal(signal.SIGUSR1, mine)
+    try:
+        assert early_signals.release() is None and signal.getsignal(signal.SIGUSR1) is mine
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

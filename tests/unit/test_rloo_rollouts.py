@@ -62,3 +62,32 @@ def test_kl_in_the_reward_before_leave_one_out_advantages(updates: int, monkeypa
     torch.testing.assert_close(metrics["kl"], torch.tensor(1 / 7))  # (1 − 1 + 0 + 1) over 7 completion tokens
     torch.testing.assert_close(metrics["reward"], torch.tensor(0.5))  # the reward sources' own, as validation's
     torch.testing.assert_close(metrics["shaped_reward"], torch.tensor(0.375))
+
+
+def test_dynamic_sampling_judges_the_rewards_before_the_kl_penalty(monkeypatch: pytest.MonkeyPatch) -> None:
+    objective = GRPO(
+        [FunctionReward(function=lambda completions, **_: [0.0] * len(completions))],
+        num_generations=2,
+        max_new_tokens=2,
+        beta=0.5,
+        advantage="rloo",
+        kl_in_reward=True,
+        dynamic_sampling=True,
+    )
+    rollout = Rollout(
+        sequences=torch.zeros(4, 3, dtype=torch.long),
+        attention_mask=torch.ones(4, 3),
+        completion_mask=MASK,
+        prompt_length=1,
+        prompts=[""] * 4,
+        completions=[""] * 4,
+        completion_ids=[[]] * 4,
+    )
+    logps = {"policy": SAMPLING, "reference": REFERENCE}
+    # the first group's rewards are equal (no signal), though its KL penalties differ (1 and −1)
+    monkeypatch.setattr(objective, "rollout", lambda ctx, batch, g: rollout)
+    monkeypatch.setattr(objective, "score", lambda r: (torch.tensor([1.0, 1.0, 0.0, 1.0]), {}))
+    monkeypatch.setattr("ftlab.objectives.grpo.completion_logps", lambda model, r, **_: (logps[model], None, None))
+    ctx: Any = StepContext(model="policy", reference=reference)  # type: ignore[arg-type]
+    buffer, metrics = objective.make_rollouts(ctx, batch=None)  # type: ignore[arg-type]
+    assert metrics["kept_fraction"].item() == 0.5 and buffer.rollout.completion_mask.shape[0] == 2
