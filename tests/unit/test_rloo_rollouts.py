@@ -19,6 +19,19 @@ REFERENCE = torch.tensor([[-2.0, -1.0], [-1.0, 0.0], [-1.0, -1.0], [-1.5, -1.5]]
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5])
 
 
+def four_rollouts() -> Rollout:
+    """Two prompts × two samples, with MASK's completion tokens (their ids do not matter here)."""
+    return Rollout(
+        sequences=torch.zeros(4, 3, dtype=torch.long),
+        attention_mask=torch.ones(4, 3),
+        completion_mask=MASK,
+        prompt_length=1,
+        prompts=[""] * 4,
+        completions=[""] * 4,
+        completion_ids=[[]] * 4,
+    )
+
+
 @contextmanager
 def reference():
     yield "reference"
@@ -37,15 +50,7 @@ def test_kl_in_the_reward_before_leave_one_out_advantages(updates: int, monkeypa
         kl_in_reward=True,
         updates_per_batch=updates,
     )
-    rollout = Rollout(
-        sequences=torch.zeros(4, 3, dtype=torch.long),
-        attention_mask=torch.ones(4, 3),
-        completion_mask=MASK,
-        prompt_length=1,
-        prompts=[""] * 4,
-        completions=[""] * 4,
-        completion_ids=[[]] * 4,
-    )
+    rollout = four_rollouts()
     logps = {"policy": SAMPLING, "reference": REFERENCE}
     monkeypatch.setattr(objective, "rollout", lambda ctx, batch, g: rollout)
     monkeypatch.setattr(objective, "score", lambda r: (REWARDS, {}))
@@ -74,15 +79,7 @@ def test_dynamic_sampling_judges_the_rewards_before_the_kl_penalty(monkeypatch: 
         kl_in_reward=True,
         dynamic_sampling=True,
     )
-    rollout = Rollout(
-        sequences=torch.zeros(4, 3, dtype=torch.long),
-        attention_mask=torch.ones(4, 3),
-        completion_mask=MASK,
-        prompt_length=1,
-        prompts=[""] * 4,
-        completions=[""] * 4,
-        completion_ids=[[]] * 4,
-    )
+    rollout = four_rollouts()
     logps = {"policy": SAMPLING, "reference": REFERENCE}
     # the first group's rewards are equal (no signal), though its KL penalties differ (1 and −1)
     monkeypatch.setattr(objective, "rollout", lambda ctx, batch, g: rollout)
