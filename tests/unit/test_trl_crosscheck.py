@@ -168,6 +168,20 @@ def rollout_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return logps, old, ref, mask, torch.randn(n, generator=g)
 
 
+def rollout_of(mask: torch.Tensor) -> Rollout:
+    """A rollout of prompts of 2 tokens and completions under `mask` (ids do not matter: log-probs are stubbed)."""
+    n, c = mask.shape
+    return Rollout(
+        sequences=torch.zeros(n, 2 + c, dtype=torch.long),
+        attention_mask=torch.ones(n, 2 + c),
+        completion_mask=mask,
+        prompt_length=2,
+        prompts=[""] * n,
+        completions=[""] * n,
+        completion_ids=[[]] * n,
+    )
+
+
 GRPO_CASES = {
     # name: (ftlab options, TRL settings)
     "grpo": ({"loss_level": "sequence"}, {"loss_type": "grpo", "importance_sampling_level": "token"}),
@@ -204,15 +218,7 @@ def test_grpo_losses_match_trl(name: str, kl_estimator: str, monkeypatch: pytest
     monkeypatch.setattr(
         "ftlab.objectives.grpo.completion_logps", lambda model, rollout, **_: (logps, torch.zeros_like(logps), None)
     )
-    rollout = Rollout(
-        sequences=torch.zeros(n, 2 + c, dtype=torch.long),
-        attention_mask=torch.ones(n, 2 + c),
-        completion_mask=mask,
-        prompt_length=2,
-        prompts=[""] * n,
-        completions=[""] * n,
-        completion_ids=[[]] * n,
-    )
+    rollout = rollout_of(mask)
     ours, _ = objective.training_step(StepContext(model=None, reference=None), GRPOBuffer(rollout, adv, old, ref))
 
     trainer = stub(
@@ -264,15 +270,7 @@ def test_rloo_loss_matches_trl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         "ftlab.objectives.grpo.completion_logps", lambda model, rollout, **_: (logps, torch.zeros_like(logps), None)
     )
-    rollout = Rollout(
-        sequences=torch.zeros(n, 2 + c, dtype=torch.long),
-        attention_mask=torch.ones(n, 2 + c),
-        completion_mask=mask,
-        prompt_length=2,
-        prompts=[""] * n,
-        completions=[""] * n,
-        completion_ids=[[]] * n,
-    )
+    rollout = rollout_of(mask)
     ours, metrics = objective.training_step(
         StepContext(model=None, reference=None), GRPOBuffer(rollout, adv, old, None)
     )
