@@ -31,8 +31,7 @@ from ftlab import console, resume, runfolder
 from ftlab.errors import FTLabError
 from ftlab.run_parser import COMPOSITION, add_run_options
 from ftlab.runlock import LOCK, RunLock, is_launched_rank
-
-_LOGS_IN = {"CSVLogger": "save_dir", "TensorBoardLogger": "save_dir", "WandbLogger": "save_dir"}
+from ftlab.trainer_config import checkpoint_dirs, checkpoint_every, keep_last_checkpoints, place_outputs
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -75,7 +74,7 @@ def guard_run_folder(config: Namespace) -> None:
         lock = RunLock(root)
         lock.acquire()
         _LOCKS.append(lock)
-        for path in runfolder.remove_unfinished(root, keep_prefix=LOCK):
+        for path in runfolder.remove_unfinished(root, LOCK, checkpoint_dirs(config.trainer)):
             print(f"ftlab: removed {path}, left by a save that was killed mid-write", file=sys.stderr)
     ckpt = config.get("ckpt_path")
     if ckpt:
@@ -111,49 +110,6 @@ def slurm_plugins(configured: Any) -> Any:
     if any(isinstance(plugin, ClusterEnvironment) for plugin in items):
         return configured
     return [*items, SLURMEnvironment(auto_requeue=False)]
-
-
-def _entries(value: Any) -> list[Namespace]:
-    items = value if isinstance(value, list) else [value]
-    return [item for item in items if isinstance(item, Namespace) and "class_path" in item]
-
-
-def checkpoint_every(trainer_cfg: Namespace, steps: int) -> None:
-    """Every ModelCheckpoint of the run saves every `steps` optimizer steps (with `save_last`, that is last.ckpt);
-    a run with none gets one that keeps only last.ckpt."""
-    found = [c for c in _entries(trainer_cfg.get("callbacks")) if c.class_path.endswith("ModelCheckpoint")]
-    for callback in found:
-        callback.init_args["every_n_train_steps"] = steps
-        if callback.init_args.get("save_last") is None:
-            callback.init_args["save_last"] = True
-    if found:
-        return
-    if trainer_cfg.get("enable_checkpointing") is False:
-        raise FTLabError("--checkpoint_every_n_steps needs checkpointing, but trainer.enable_checkpointing is false")
-    added = Namespace(
-        class_path="lightning.pytorch.callbacks.ModelCheckpoint",
-        init_args=Namespace(every_n_train_steps=steps, save_last=True, save_top_k=0),
-    )
-    callbacks = trainer_cfg.get("callbacks")
-    callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
-    trainer_cfg.callbacks = [*callbacks, added]
-
-
-def place_outputs(trainer_cfg: Namespace) -> None:
-    """Point loggers and checkpoints into the run folder (`trainer.default_root_dir`)."""
-    if trainer_cfg.get("default_root_dir") is None:
-        trainer_cfg.default_root_dir = os.getcwd()
-    root = str(trainer_cfg.default_root_dir)
-    for logger in _entries(trainer_cfg.get("logger")):
-        kind = logger.class_path.rsplit(".", 1)[-1]
-        if kind in _LOGS_IN:
-            logger.init_args[_LOGS_IN[kind]] = os.path.join(root, runfolder.LOGS)
-            if kind != "WandbLogger":
-                logger.init_args["name"] = ""
-                logger.init_args["version"] = ""
-    for callback in _entries(trainer_cfg.get("callbacks")):
-        if callback.class_path.endswith("ModelCheckpoint") and callback.init_args.get("dirpath") is None:
-            callback.init_args["dirpath"] = os.path.join(root, runfolder.CHECKPOINTS)
 
 
 class FTLabCLI(LightningCLI):
@@ -202,6 +158,7 @@ class FTLabCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("checkpoint_every_n_steps"):
             checkpoint_every(config.trainer, int(config.checkpoint_every_n_steps))  # a plain int: the config is dumped
+        keep_last_checkpoints(config.trainer)
         place_outputs(config.trainer)
         if self.subcommand == "fit":
             guard_run_folder(config)

@@ -120,14 +120,13 @@ class FineTuneModule(pl.LightningModule):
         self.task_metrics = TaskMetrics(self.objective, names) if len(names) > 1 else None
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        from ftlab.callbacks.preemption import Preemption
-        from ftlab.callbacks.rng import RandomState
-        from ftlab.callbacks.run_report import RunReport
+        from ftlab.callbacks import epoch_boundary, preemption, rng, run_report
 
         # the regularizers' before the objective's: at fit start the Fisher is estimated with the live reference,
         # before a precomputed DPO reference replaces it (and frees a frozen reference copy)
         own = [c for r in self.regularizers for c in r.callbacks()]
-        return [RunReport(), RandomState(), Preemption(), *self.method.callbacks(), *own, *self.objective.callbacks()]
+        resume = [rng.RandomState(), epoch_boundary.EpochBoundary(), preemption.Preemption()]
+        return [run_report.RunReport(), *resume, *self.method.callbacks(), *own, *self.objective.callbacks()]
 
     @contextmanager
     def reference(self) -> Iterator[nn.Module]:

@@ -25,6 +25,8 @@ import json
 import os
 import re
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ WEIGHTS = "trainable.safetensors"
 DONE = "DONE"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+IDLE_SECONDS = 300  # a temporary checkpoint file untouched this long in a shared folder is a killed save's
 
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -102,19 +105,28 @@ def _unfinished(name: str, written: set[str]) -> bool:
     return match is not None and (match[1] in written or match[1].endswith(".ckpt"))
 
 
-def remove_unfinished(root: Path, keep_prefix: str) -> list[Path]:
+def remove_unfinished(root: Path, keep_prefix: str, elsewhere: Iterable[Path] = ()) -> list[Path]:
     """Remove the temporary files that saves killed mid-write left in run folder `root` and its checkpoints:
     only the temporary names of what a run writes (config, summary, weights, DONE, checkpoints), never a file
     starting with `keep_prefix` (the lock's own); call it only while holding the folder's lock, when no other
-    process writes here. Returns what it removed."""
+    process writes here. In the checkpoint folders `elsewhere` (a ModelCheckpoint's own `dirpath`, which another
+    run may share) only checkpoints' temporary files untouched for IDLE_SECONDS go: a save in progress keeps
+    writing its file. Returns what it removed."""
     written = {CONFIG, SUMMARY, WEIGHTS, DONE}
+    own = [root, root / CHECKPOINTS]
+    others = [Path(f) for f in elsewhere if Path(f).resolve() not in {p.resolve() for p in own}]
+    idle_since = time.time() - IDLE_SECONDS
     removed = []
-    for folder in (root, root / CHECKPOINTS):
+    for folder, names, shared in [*((f, written, False) for f in own), *((f, set(), True) for f in others)]:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.is_file() and _unfinished(path.name, written) and not path.name.startswith(keep_prefix):
-                path.unlink(missing_ok=True)
+            if not (path.is_file() and _unfinished(path.name, names)) or path.name.startswith(keep_prefix):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if shared and path.stat().st_mtime > idle_since:
+                    continue  # perhaps another run's save, still writing
+                path.unlink()
                 removed.append(path)
     return removed
 

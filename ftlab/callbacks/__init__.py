@@ -3,7 +3,8 @@ callbacks live beside it: the Fisher estimate with EWC (ftlab.regularizers.fishe
 cache with DPO (ftlab.objectives.reference_cache), the unfreeze schedule with gradual unfreezing
 (ftlab.methods.unfreeze_schedule)."""
 
+from ftlab.callbacks.checkpoint import ModelCheckpoint
 from ftlab.callbacks.forgetting import ForgettingProbe
 from ftlab.callbacks.run_report import RunReport
 
-__all__ = ["ForgettingProbe", "RunReport"]
+__all__ = ["ForgettingProbe", "ModelCheckpoint", "RunReport"]

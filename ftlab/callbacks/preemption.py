@@ -138,11 +138,6 @@ class Preemption(pl.Callback):
         if trainer.world_size > 1:
             usr1 = trainer.strategy.reduce_boolean_decision(usr1, all=False)
         self.stop_signal = int(signal.SIGUSR1) if usr1 else int(self.received or signal.SIGTERM)
-        if usr1 and idx + 1 == trainer.num_training_batches and trainer.num_training_batches > 1:
-            # an epoch's last batch: Lightning resumes a checkpoint saved here one epoch too far (and one saved
-            # at the epoch's end with its log steps shifted by one), so a requeue notice, which comes minutes
-            # ahead, stops after the next batch; SIGTERM, with only SLURM's KillWait left, saves now
-            return
         path = checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)
         for callback in trainer.callbacks:  # this is the run's last checkpoint: a ModelCheckpoint

@@ -228,32 +228,3 @@ def test_a_requeue_notice_during_the_imports_is_kept_for_the_fit(tmp_path: Path)
     assert calls.read_text() == "requeue 4242\n" and not (root / "DONE").exists()
     checkpoint = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 1 and max(tape(tmp_path / "tape.jsonl")) == 1  # stopped after step 1
-
-
-@pytest.mark.slow
-def test_a_signal_on_an_epochs_last_batch_stops_after_the_next_and_resumes_exactly(tmp_path: Path) -> None:
-    # the quickstart's shuffled order (a function of the epoch): 18 rows in batches of 4, 5 batches an epoch.
-    # A checkpoint saved on an epoch's last batch resumed an epoch too far (another order from then on).
-    rows = [{"instruction": f"Say {i}.", "output": f"number {i} " * 3} for i in range(24)]
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-    config |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
-    argv = ["fit", "--config", "experiments/quickstart.yaml", "--config", "experiments/methods/full.yaml"]
-    argv += [f"--data.init_args.train={data}", "--data.init_args.batch_size=4", "--data.init_args.val_fraction=0.25"]
-    argv += ["--data.init_args.max_length=64", f"--model.backbone.init_args.config={json.dumps(config)}"]
-    argv += ["--model.backbone.init_args.vocab_size=512", "--trainer.max_epochs=-1", "--trainer.max_steps=10"]
-    argv += ["--trainer.log_every_n_steps=1", "--trainer.enable_model_summary=false"]
-    signal_at = ["--trainer.callbacks+=tests.integration.resume_helpers.SignalAt", "--trainer.callbacks.step=5"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = tmp_path / "run"
-    stopped = subprocess.run(
-        [sys.executable, "-m", "ftlab", *argv, f"--trainer.default_root_dir={run}", *signal_at],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert stopped.returncode == 0, stopped.stderr[-2000:]
-    assert f"saved {run / 'checkpoints' / 'last.ckpt'} at step 6 and stopped" in stopped.stderr  # after the next
-    os.chdir(REPO)
-    FTLabCLI(args=[*argv, f"--trainer.default_root_dir={run}", "--ckpt_path=last"])
-    FTLabCLI(args=[*argv, f"--trainer.default_root_dir={tmp_path / 'straight'}"])
-    assert csv_losses(run) == csv_losses(tmp_path / "straight") and len(csv_losses(run)) == 10

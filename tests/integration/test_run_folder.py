@@ -180,3 +180,24 @@ def test_a_resume_removes_the_temporary_files_of_saves_killed_mid_write(
     assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
     assert all(f"removed {path}, left by a save that was killed mid-write" in err for path in left)
     assert sorted(csv_losses(root)) == [0, 1, 2, 3, 4] and (root / "DONE").exists()
+
+
+def test_a_fit_removes_killed_saves_in_its_own_checkpoint_folder_but_not_a_save_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(REPO)
+    root, folder = tmp_path / "run", tmp_path / "elsewhere"  # a ModelCheckpoint dirpath outside the run folder
+    callback = {"class_path": "ftlab.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(folder)}}
+    checkpoint = [f"--trainer.callbacks=[{json.dumps(callback)}]"]
+    main(fit_args(tmp_path, root, "--trainer.max_steps=3", *checkpoint))
+    (root / "DONE").unlink()
+    killed, writing = (Path(tempfile.mkstemp(prefix=".last.ckpt.", dir=folder)[1]) for _ in range(2))
+    an_hour_ago = time.time() - 3600
+    os.utime(killed, (an_hour_ago, an_hour_ago))  # writing: just touched, as a save in progress (another run's)
+    kept = folder / ".notes.txt.abcd1234"  # not a checkpoint's temporary name
+    kept.write_text("mine")
+    capsys.readouterr()
+    main(fit_args(tmp_path, root, "--trainer.max_steps=5", *checkpoint, f"--ckpt_path={folder / 'last.ckpt'}"))
+    assert not killed.exists() and writing.exists() and kept.exists()
+    assert f"removed {killed}, left by a save that was killed mid-write" in capsys.readouterr().err
+    assert sorted(csv_losses(root)) == [0, 1, 2, 3, 4] and (root / "DONE").exists()
