@@ -14,12 +14,13 @@ comparison of preference objectives on the same pairs.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ftlab.batches import FeedbackBatch, PreferenceBatch
+from ftlab.errors import FTLabError
 from ftlab.objectives.base import StepContext
 from ftlab.objectives.dpo import DPO, answer_lengths
 from ftlab.objectives.token_logps import IGNORE, labelled_logps, row_sums
@@ -104,6 +105,19 @@ class KTO(DPO):
         super().__init__(beta=beta)
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
+
+    def check_data(self, datamodule: Any) -> None:
+        """A device batch needs the answers of two prompts at least: z₀ pairs each prompt with another row's answer,
+        and in a batch of one example (or one pair) that answer is the prompt's own, so z₀ estimates the implied
+        reward, not the KL (TRL's KTO refuses a batch of one too). A last batch of one in an epoch is kept."""
+        super().check_data(datamodule)
+        size = getattr(datamodule, "batch_size", None)
+        if isinstance(size, int) and size < 2:
+            kind = "pairs" if getattr(datamodule, "batch_type", None) is PreferenceBatch else "examples"
+            raise FTLabError(
+                f"objective KTO needs data batch_size of at least 2 {kind}: its KL estimate pairs each prompt with "
+                f"another prompt's answer, and batch_size {size} has none"
+            )
 
     def compute(self, ctx: StepContext, batch: FeedbackBatch | PreferenceBatch) -> dict[str, torch.Tensor]:
         pairs = batch if isinstance(batch, PreferenceBatch) else None

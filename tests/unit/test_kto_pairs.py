@@ -67,3 +67,15 @@ def test_kto_composes_with_pairs_and_feedback_but_not_prompts() -> None:
         check_composition(LoRA(), KTO(), PromptDataModule.__new__(PromptDataModule), None)
     with pytest.raises(FTLabError, match="objective DPO consumes PreferenceBatch batches"):
         check_composition(LoRA(), DPO(), FeedbackDataModule.__new__(FeedbackDataModule), None)
+
+
+def test_kto_refuses_a_device_batch_of_one_example_or_one_pair() -> None:
+    from ftlab.data import FeedbackDataModule, PreferenceDataModule
+
+    for data, kind in ((PreferenceDataModule, "pairs"), (FeedbackDataModule, "examples")):
+        module = data.__new__(data)
+        module.batch_size = 1
+        with pytest.raises(FTLabError, match=f"KTO needs data batch_size of at least 2 {kind}: .* batch_size 1 has"):
+            check_composition(LoRA(), KTO(), module, None)
+        module.batch_size = 2  # the mismatched pairs then cross prompts (see test_pairs_unpaired_by_hand)
+        check_composition(LoRA(), KTO(), module, None)
