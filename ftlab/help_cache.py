@@ -5,8 +5,10 @@ imports of torch, Lightning and transformers (about 8 s on a laptop CPU). It dep
 so the first `ftlab SUBCOMMAND --help` records what it printed under `FTLAB_CACHE/help/`, keyed by ftlab's
 files (paths, sizes, modification times), the versions of the libraries that shape the options, the Python
 interpreter and the terminal width; later calls print the recorded text (well under a second). Any change to
-ftlab's code or an upgrade gives a new key, so a stale text is never shown. Only the bare form is cached
-(`ftlab fit --help`); `--help` after other arguments, or `--model.method.help CLASS`, always runs the parser.
+ftlab's code or an upgrade gives a new key, so a stale text is never shown; each subcommand keeps its KEEP newest
+texts (other terminal widths, other installs), older ones are removed when a new one is saved. Only the bare form
+is cached (`ftlab fit --help`); `--help` after other arguments, or `--model.method.help CLASS`, always runs the
+parser.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import ftlab
 from ftlab.paths import cache_root
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+KEEP = 8
 LIBRARIES = ("lightning", "jsonargparse", "torch", "transformers", "peft", "torchmetrics", "docstring-parser")
 
 
@@ -119,5 +122,14 @@ def _save(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+        prune(path.parent, path.name.split("-", 1)[0])
     except OSError:  # a read-only or full cache only costs the next call its speed
         return
+
+
+def prune(folder: Path, subcommand: str, keep: int = KEEP) -> None:
+    """Removes all but the `keep` newest recorded texts of `subcommand` (written after an edit of ftlab, an
+    upgrade, or at another terminal width: each has its own key, and nothing else removes the old ones)."""
+    texts = sorted(folder.glob(f"{subcommand}-*.txt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in texts[keep:]:
+        old.unlink(missing_ok=True)

@@ -97,6 +97,27 @@ def test_the_help_record_is_keyed_by_what_shapes_the_text(monkeypatch: pytest.Mo
     assert not help_cache.is_plain_help(["sweep", "--help"])
 
 
+def test_the_help_records_keep_the_newest_few_per_subcommand(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    from ftlab import help_cache
+
+    monkeypatch.setenv("FTLAB_CACHE", str(tmp_path))
+    folder = tmp_path / "help"
+    folder.mkdir()
+    for i in range(help_cache.KEEP + 3):  # records of earlier ftlab edits, oldest first
+        old = folder / f"fit-{i:020d}.txt"
+        old.write_text("old help")
+        os.utime(old, ns=(i * 10**9, i * 10**9))
+    (folder / "validate-0.txt").write_text("validate's own")
+    monkeypatch.setattr(help_cache, "key", lambda argv: "f" * 20)
+    help_cache._save(help_cache._path(["fit", "--help"]), "new help")
+    kept = sorted(p.name for p in folder.iterdir())
+    newest_old = [f"fit-{i:020d}.txt" for i in range(4, help_cache.KEEP + 3)]  # KEEP - 1 of them, and the new one
+    assert kept == sorted([*newest_old, f"fit-{'f' * 20}.txt", "validate-0.txt"])
+    assert help_cache.print_cached(["fit", "--help"])
+
+
 def test_an_option_before_the_subcommand_is_one_sentence_with_the_fix() -> None:
     done = ftlab("--model.method.help", "ftlab.methods.LoRA")
     assert done.returncode == 2 and "Traceback" not in done.stderr
