@@ -71,10 +71,11 @@ def _path(argv: list[str]) -> Path:
 
 def print_cached(argv: list[str]) -> bool:
     """Print the recorded help of `argv` and return True, or return False when there is none."""
-    path = _path(argv)
-    if not path.is_file():
+    try:
+        text = _path(argv).read_text(encoding="utf-8")
+    except OSError:  # none recorded, or pruned meanwhile by another call
         return False
-    sys.stdout.write(path.read_text(encoding="utf-8"))
+    sys.stdout.write(text)
     sys.stdout.flush()
     return True
 

@@ -44,7 +44,7 @@ WEIGHTS = "trainable.safetensors"
 DONE = "DONE"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
-IDLE_SECONDS = 300  # a temporary checkpoint file untouched this long in a shared folder is a killed save's
+IDLE_SECONDS = 3600  # a temporary checkpoint file untouched this long in a shared folder is a killed save's
 
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -110,7 +110,7 @@ def remove_unfinished(root: Path, keep_prefix: str, elsewhere: Iterable[Path] = 
     only the temporary names of what a run writes (config, summary, weights, DONE, checkpoints), never a file
     starting with `keep_prefix` (the lock's own); call it only while holding the folder's lock, when no other
     process writes here. In the checkpoint folders `elsewhere` (a ModelCheckpoint's own `dirpath`, which another
-    run may share) only checkpoints' temporary files untouched for IDLE_SECONDS go: a save in progress keeps
+    run may share) only checkpoints' temporary files untouched for IDLE_SECONDS (an hour) go: a save in progress keeps
     writing its file. Returns what it removed."""
     written = {CONFIG, SUMMARY, WEIGHTS, DONE}
     own = [root, root / CHECKPOINTS]

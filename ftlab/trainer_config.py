@@ -79,6 +79,7 @@ def keep_last_checkpoints(trainer_cfg: Namespace) -> None:
         args = callback.get("init_args") or Namespace()
         last_only = bool(args.get("save_last")) and args.get("save_top_k", 1) == 0
         stepped = (args.get("every_n_train_steps") or 0) > 0 or args.get("train_time_interval") is not None
+        stepped = stepped or args.get("every_n_epochs") == 0  # no epoch saves asked for
         if callback.class_path in LIGHTNING_CHECKPOINT and last_only and not stepped:
             callback.class_path = FTLAB_CHECKPOINT
             print(

@@ -42,3 +42,9 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         super().on_validation_end(trainer, pl_module)
         self._save_last_if_due(trainer, at_train_epoch_end=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """The final state in last.ckpt, as Lightning's writes it (which it skips once any last.ckpt was saved)."""
+        super().on_train_end(trainer, pl_module)
+        if self._last_only() and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -111,13 +111,14 @@ class KTO(DPO):
         and in a batch of one example (or one pair) that answer is the prompt's own, so z₀ estimates the implied
         reward, not the KL (TRL's KTO refuses a batch of one too). A last batch of one in an epoch is kept."""
         super().check_data(datamodule)
-        size = getattr(datamodule, "batch_size", None)
-        if isinstance(size, int) and size < 2:
-            kind = "pairs" if getattr(datamodule, "batch_type", None) is PreferenceBatch else "examples"
-            raise FTLabError(
-                f"objective KTO needs data batch_size of at least 2 {kind}: its KL estimate pairs each prompt with "
-                f"another prompt's answer, and batch_size {size} has none"
-            )
+        kind = "pairs" if getattr(datamodule, "batch_type", None) is PreferenceBatch else "examples"
+        for option in ("batch_size", "eval_batch_size"):
+            size = getattr(datamodule, option, None)
+            if isinstance(size, int) and size < 2:
+                raise FTLabError(
+                    f"objective KTO needs data {option} of at least 2 {kind}: its KL estimate pairs each prompt "
+                    f"with another prompt's answer, and {option} {size} has none"
+                )
 
     def compute(self, ctx: StepContext, batch: FeedbackBatch | PreferenceBatch) -> dict[str, torch.Tensor]:
         pairs = batch if isinstance(batch, PreferenceBatch) else None

@@ -192,8 +192,8 @@ def test_a_fit_removes_killed_saves_in_its_own_checkpoint_folder_but_not_a_save_
     main(fit_args(tmp_path, root, "--trainer.max_steps=3", *checkpoint))
     (root / "DONE").unlink()
     killed, writing = (Path(tempfile.mkstemp(prefix=".last.ckpt.", dir=folder)[1]) for _ in range(2))
-    an_hour_ago = time.time() - 3600
-    os.utime(killed, (an_hour_ago, an_hour_ago))  # writing: just touched, as a save in progress (another run's)
+    two_hours_ago = time.time() - 7200
+    os.utime(killed, (two_hours_ago, two_hours_ago))  # writing: just touched, as a save in progress (another run's)
     kept = folder / ".notes.txt.abcd1234"  # not a checkpoint's temporary name
     kept.write_text("mine")
     capsys.readouterr()

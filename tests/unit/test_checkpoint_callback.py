@@ -50,9 +50,11 @@ def test_with_validation_inside_the_epoch_it_saves_after_each_validation(tmp_pat
     assert steps_seen(tmp_path, callback, val_check_interval=2) == [None, 4, 8]  # the last validation: batch 4
 
 
-def test_every_n_epochs_is_kept(tmp_path: Path) -> None:
+def test_every_n_epochs_is_kept_and_the_final_state_is_saved_too(tmp_path: Path) -> None:
     callback = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_epochs=2)
-    assert steps_seen(tmp_path, callback, max_epochs=4) == [None, None, 8, 8]
+    assert steps_seen(tmp_path, callback, max_epochs=3) == [None, None, 8]
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12  # the end of training, not epoch 2's
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,7 @@ def test_every_n_epochs_is_kept(tmp_path: Path) -> None:
         ({"save_last": "link", "save_top_k": 0, "every_n_epochs": 2}, True),
         ({"save_last": True, "save_top_k": 1}, False),  # a top-k checkpoint each epoch: last.ckpt with it
         ({"save_last": None, "save_top_k": 0}, False),
+        ({"save_last": True, "save_top_k": 0, "every_n_epochs": 0}, False),  # no epoch saves asked for
         ({"save_last": True, "save_top_k": 0, "every_n_train_steps": 5}, False),  # step saves write last.ckpt
         ({"save_last": True, "save_top_k": 0, "train_time_interval": "0:10:00"}, False),
     ],

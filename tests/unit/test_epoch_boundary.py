@@ -11,7 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ftlab.callbacks.epoch_boundary import rewrite
+from ftlab.callbacks.epoch_boundary import rewrite as rewrite_any
+
+
+def rewrite(state: dict[str, Any]) -> str | None:
+    return rewrite_any(state, lambda epoch: True)  # a run that validates after every epoch's last batch
 
 
 def counts(ready: int, started: int, processed: int, completed: int) -> dict[str, int]:
@@ -78,3 +82,19 @@ def test_states_lightning_resumes_exactly_are_left_as_they_are() -> None:
 def test_a_state_without_the_loop_counters_is_left_alone() -> None:
     partial: dict[str, Any] = {"epoch_progress": {"total": counts(1, 1, 1, 0)}}
     assert rewrite(partial) is None and partial == {"epoch_progress": {"total": counts(1, 1, 1, 0)}}
+
+
+def test_a_boundary_without_validation_after_it_is_left_to_lightning() -> None:
+    for state in (
+        fit_loop(counts(1, 1, 0, 0), counts(5, 5, 5, 4), 4, NO_VALIDATION),
+        fit_loop(counts(2, 2, 2, 1), counts(10, 10, 10, 10), 10, VALIDATED),
+    ):
+        before = copy.deepcopy(state)
+        asked: list[int] = []
+
+        def no_validation(epoch: int, asked: list[int] = asked) -> bool:
+            asked.append(epoch)
+            return False
+
+        assert rewrite_any(state, no_validation) is None
+        assert state == before and asked == [before["epoch_progress"]["total"]["completed"]]

@@ -78,4 +78,8 @@ def test_kto_refuses_a_device_batch_of_one_example_or_one_pair() -> None:
         with pytest.raises(FTLabError, match=f"KTO needs data batch_size of at least 2 {kind}: .* batch_size 1 has"):
             check_composition(LoRA(), KTO(), module, None)
         module.batch_size = 2  # the mismatched pairs then cross prompts (see test_pairs_unpaired_by_hand)
+        module.eval_batch_size = 1  # validation computes the same estimate
+        with pytest.raises(FTLabError, match=f"KTO needs data eval_batch_size of at least 2 {kind}"):
+            check_composition(LoRA(), KTO(), module, None)
+        module.eval_batch_size = 2
         check_composition(LoRA(), KTO(), module, None)
